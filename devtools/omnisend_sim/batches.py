@@ -1,0 +1,96 @@
+"""Batch records and listing. Callers hold the simulator lock."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from .util import IdMaker
+
+STATUSES = ("pending", "inProgress", "finished", "stopped")
+
+
+class Batch:
+    __slots__ = (
+        "created", "ended", "endpoint", "errors", "errors_count", "finished_count", "id", "items", "key", "method",
+        "origin", "responses", "started", "status", "total", "version",
+    )  # fmt: skip
+
+    def __init__(self, bid: str, key: str, version: str, body: dict[str, Any], now: str) -> None:
+        self.id = bid
+        self.key = key
+        self.version = version
+        self.method = body["method"]
+        self.endpoint = body["endpoint"]
+        self.origin = body.get("origin") or "api"
+        self.items: list[Any] | None = body["items"]  # dropped once processed; results keep each request
+        self.total = len(body["items"])
+        self.status = "pending"
+        self.created = now
+        self.started: str | None = None
+        self.ended: str | None = None
+        self.finished_count = 0
+        self.errors_count = 0
+        self.errors: list[dict[str, Any]] = []
+        self.responses: list[dict[str, Any]] = []
+
+    def render(self, with_items: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "batchID": self.id,
+            "method": self.method,
+            "endpoint": self.endpoint,
+            "status": self.status,
+            "createdAt": self.created,
+            "startedAt": self.started,
+            "endedAt": self.ended,
+            "totalCount": self.total,
+            "finishedCount": self.finished_count,
+            "errorsCount": self.errors_count,
+        }
+        if self.version != "v3":
+            body["origin"] = self.origin
+        if with_items:
+            body["errors"] = list(self.errors)
+            body["responses"] = list(self.responses)
+        return body
+
+
+class BatchStore:
+    def __init__(self) -> None:
+        self.by_id: dict[str, Batch] = {}
+        self._by_key: dict[tuple[str, str], list[Batch]] = {}  # (api key, endpoint) -> creation order
+        self.by_status: Counter[str] = Counter()
+        self._ids = IdMaker()
+        self.item_ids = IdMaker()
+
+    def create(self, key: str, version: str, body: dict[str, Any], now: str) -> Batch:
+        batch = Batch(self._ids.new(), key, version, body, now)
+        self.by_id[batch.id] = batch
+        self._by_key.setdefault((key, batch.endpoint), []).append(batch)
+        self.by_status["pending"] += 1
+        return batch
+
+    def set_status(self, batch: Batch, status: str) -> None:
+        self.by_status[batch.status] -= 1
+        self.by_status[status] += 1
+        batch.status = status
+
+    def page(self, key: str, endpoint: str, offset: int, limit: int, status: str | None) -> tuple[list[Batch], bool]:
+        """Newest first. Without a status filter this only slices; with one it walks back from the newest."""
+        batches = self._by_key.get((key, endpoint), [])
+        if status is None:
+            end = len(batches) - offset
+            start = max(0, end - limit)
+            chosen = batches[start:end][::-1] if end > 0 else []
+            return chosen, start > 0
+        chosen, skipped = [], 0
+        for batch in reversed(batches):
+            if batch.status != status:
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            if len(chosen) == limit:
+                return chosen, True
+            chosen.append(batch)
+        return chosen, False

@@ -1,0 +1,90 @@
+"""Wiring: build the stage Context from Settings. Used by the CLI and by function_app.py alike."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+
+from shared import names
+from shared.errors import ConfigError
+from shared.exports import ExportDefinition, load_exports, load_exports_file
+from shared.omnisend import DEFAULT_MAX_ATTEMPTS, OmnisendClient, Pacer
+from shared.omnisend.client import ApiKeyProvider
+from shared.pipeline import Context
+from shared.settings import Settings
+from shared.storage import NotFound, ObjectStore
+
+
+@dataclass
+class Wiring:
+    context: Context
+    key_provider: ApiKeyProvider | None
+
+
+def make_stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:
+    """(run-state store, snapshot store): a local folder, or Blob Storage when the storage settings are set."""
+    from shared.storage_blob import make_object_stores  # azure SDK imports only when needed
+
+    return make_object_stores(settings)
+
+
+def make_key_provider(settings: Settings) -> ApiKeyProvider:
+    from shared.secrets import key_provider_from_settings
+
+    return key_provider_from_settings(settings)
+
+
+def build_context(
+    settings: Settings,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    requests_per_minute: float | None = None,
+    key_provider: ApiKeyProvider | None = None,
+    stores: tuple[ObjectStore, ObjectStore] | None = None,
+) -> Context:
+    """``requests_per_minute`` overrides the pacing of this process (the Functions app divides the budget among
+    its instances); by default the whole OMNISEND_REQUESTS_PER_MINUTE budget is this process's."""
+    state_store, source_store = stores or make_stores(settings)
+    lock = threading.Lock()
+    provider_holder: list[ApiKeyProvider] = [key_provider] if key_provider else []
+
+    def client_factory() -> OmnisendClient:
+        with lock:
+            if not provider_holder:
+                provider_holder.append(make_key_provider(settings))
+        rpm = requests_per_minute or settings.omnisend_requests_per_minute
+        return OmnisendClient(
+            base_url=settings.omnisend_base_url,
+            api_version=settings.omnisend_api_version,
+            api_key=provider_holder[0],
+            pacer=Pacer(rpm),
+            max_attempts=max_attempts,
+        )
+
+    return Context(settings=settings, state_store=state_store, source_store=source_store,
+                   client_factory=client_factory)
+
+
+def load_export_definitions(settings: Settings, state_store: ObjectStore | None = None) -> list[ExportDefinition]:
+    """From EXPORTS_CONFIG: a local file path, or ``blob:<container>/<name>`` read from the object store."""
+    where = settings.exports_config
+    if where.startswith(names.BLOB_CONFIG_PREFIX):
+        container, _, name = where[len(names.BLOB_CONFIG_PREFIX):].partition("/")
+        if not container or not name:
+            raise ConfigError(f"EXPORTS_CONFIG={where!r}: use blob:<container>/<path>, e.g. "
+                              f"blob:{names.CONFIG_CONTAINER}/exports.json", source="environment")
+        if state_store is None:
+            state_store, _ = make_stores(settings)
+        try:
+            text = state_store.read(container, name).decode("utf-8")
+        except NotFound:
+            raise ConfigError(
+                f"no export definitions at {state_store.describe(container, name)}: upload exports.json there "
+                "or point EXPORTS_CONFIG elsewhere", source="EXPORTS_CONFIG") from None
+        return load_exports(text, source=state_store.describe(container, name))
+    return load_exports_file(where)
+
+
+def to_json(obj: object) -> str:
+    return json.dumps(obj, indent=2, ensure_ascii=False)

@@ -1,0 +1,538 @@
+"""Export definitions: which segment goes where, how columns map to Omnisend fields, and the policies.
+
+Contract: ARCHITECTURE §3. Loaded from a JSON file ({"exports": [...]}) and validated as a whole: every problem
+is reported at once, with where it is. Unknown keys are errors, not ignored.
+
+Format, defaults and rules for users: docs/readme/exports.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from shared.errors import ConfigError, FailRun
+
+ChannelStatus = Literal["subscribed", "unsubscribed", "nonSubscribed"]
+OnExit = Literal["untag", "ignore"]
+
+# Omnisend contact fields an export may map a column to (besides "customProperties").
+CONTACT_FIELDS = (
+    "email",
+    "firstName",
+    "lastName",
+    "address",
+    "city",
+    "state",
+    "postalCode",
+    "country",
+    "countryCode",
+    "phone",
+    "birthdate",
+    "gender",
+)
+
+CHANNEL_STATUSES: tuple[ChannelStatus, ...] = ("subscribed", "unsubscribed", "nonSubscribed")
+ON_EXIT_POLICIES: tuple[OnExit, ...] = ("untag", "ignore")
+
+# Export names end up in blob paths (runs/<export>/...) and URLs (/api/exports/{name}/runs): keep them to
+# lower-case letters, digits and hyphens so they need no escaping anywhere.
+EXPORT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Omnisend's official client only sends tags matching this (omnisend-api.md §2.6, §5).
+TAG_RE = re.compile(r"[A-Za-z0-9_\- ]{1,128}")
+MAX_TAGS = 100  # Omnisend: tags[] maxItems 100 per contact request.
+# Omnisend custom property names: latin letters, digits, underscore, ≤128, case-sensitive (omnisend-api.md §2.6).
+CUSTOM_PROPERTY_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,128}")
+MAX_CUSTOM_PROPERTIES = 200  # Omnisend: at most 200 custom properties per contact.
+# Azure Blob container names: 3-63 chars, lower-case letters, digits and single hyphens, no hyphen at either end.
+CONTAINER_NAME_RE = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+DEFAULT_MAX_EXIT_FRACTION = 0.2
+
+TOP_KEYS = ("exports",)
+EXPORT_KEYS = (
+    "name",
+    "source",
+    "mapping",
+    "tags",
+    "onExit",
+    "dataTransferAcknowledged",
+    "enabled",
+    "newContactStatus",
+    "sendWelcomeMessage",
+    "maxExitFraction",
+    "consent",
+)
+SOURCE_KEYS = ("container", "path", "table", "file", "prefix")
+SOURCE_KINDS = ("table", "file", "prefix")
+MAPPING_KEYS = (*CONTACT_FIELDS, "customProperties")
+CONSENT_KEYS = ("column", "timestampColumn", "values")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the snapshot lives. Exactly one of ``table`` (CDM folder at ``path``), ``file`` or ``prefix``."""
+
+    container: str
+    path: str = ""
+    table: str | None = None
+    file: str | None = None
+    prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsentMapping:
+    """Opt-in: statuses come from the data. ``values`` maps a status to the cell values that mean it.
+
+    Values are stored normalised (trimmed, case-folded) so a mapper compares ``cell.strip().casefold()``.
+    """
+
+    column: str
+    timestamp_column: str | None
+    values: dict[ChannelStatus, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class ExportDefinition:
+    name: str
+    source: Source
+    mapping: dict[str, str]  # Omnisend field -> column; always has "email"
+    custom_properties: dict[str, str] = field(default_factory=dict)  # property name -> column
+    tags: tuple[str, ...] = ()
+    on_exit: OnExit = "untag"
+    data_transfer_acknowledged: bool = False
+    enabled: bool = True
+    new_contact_status: ChannelStatus = "nonSubscribed"
+    send_welcome_message: bool = False
+    max_exit_fraction: float = DEFAULT_MAX_EXIT_FRACTION
+    consent: ConsentMapping | None = None
+
+
+class ExportNotRunnable(FailRun):
+    """The export is valid but must not run yet (privacy review not acknowledged, or disabled). Fix the file."""
+
+    exit_code = 2
+
+    def __init__(self, export: str, reasons: list[str]) -> None:
+        self.export = export
+        self.reasons = list(reasons)
+        super().__init__(f'export "{export}" cannot run: ' + "; ".join(self.reasons))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public entry points
+
+
+def load_exports(text: str, source: str) -> list[ExportDefinition]:
+    """Parse and validate an export-definition file; raise one ConfigError listing every problem."""
+    try:
+        data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})", source=source) from None
+    v = _Validator()
+    exports = v.document(data)
+    if v.problems:
+        raise ConfigError(v.problems, source=source)
+    return exports
+
+
+def load_exports_file(path: str | Path) -> list[ExportDefinition]:
+    """Read a local export-definition file (UTF-8, a BOM is tolerated) and validate it."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"export-definition file {where} not found; the EXPORTS_CONFIG setting (or --config on the command line) "
+            "chooses which file is read",
+            source=where,
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"{where} is a folder; EXPORTS_CONFIG / --config must name a JSON file", source=where
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"byte {exc.start}: not UTF-8 text; save the file as UTF-8", source=where) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {where}: {exc.strerror or exc}", source=where) from None
+    return load_exports(text, source=where)
+
+
+def find_export(exports: Sequence[ExportDefinition], name: str) -> ExportDefinition:
+    """The export called ``name``, or a ConfigError that lists the known names."""
+    for export in exports:
+        if export.name == name:
+            return export
+    known = [e.name for e in exports]
+    near = closest(name, known)
+    hint = f' (did you mean "{near}"?)' if near else ""
+    listing = ", ".join(known) if known else "(none defined)"
+    raise ConfigError(f'no export named "{name}"{hint}; known exports: {listing}')
+
+
+def ensure_runnable(export: ExportDefinition) -> None:
+    """Raise ExportNotRunnable unless the export is enabled and its data transfer was acknowledged."""
+    reasons = []
+    if not export.enabled:
+        reasons.append('it is disabled; set "enabled": true to run it')
+    if export.data_transfer_acknowledged is not True:
+        reasons.append(
+            "data transfer not acknowledged: as with Microsoft's Omnisend connector, running it sends personal data "
+            "out of the Customer Insights boundary to Omnisend; after the data-privacy review, set "
+            '"dataTransferAcknowledged": true'
+        )
+    if reasons:
+        raise ExportNotRunnable(export.name, reasons)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+class _JsonObject(dict):
+    """A JSON object that remembers keys given twice (json.loads silently keeps the last one)."""
+
+    duplicates: tuple[str, ...] = ()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _JsonObject:
+        obj = cls(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            obj.duplicates = tuple(k for k, _ in pairs if k in seen or seen.add(k))
+        return obj
+
+
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The choice most like ``word`` (ignoring case), or None when nothing is close."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return by_lower[close[0]] if close else None
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean "X"?' for the closest of ``choices``, or "" when nothing is close."""
+    near = closest(word, choices)
+    return f'; did you mean "{near}"?' if near else ""
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _at(where: str, key: str) -> str:
+    """Path of ``key`` inside the object at ``where`` ("" is the top level)."""
+    return f"{where}.{key}" if where else key
+
+
+class _Validator:
+    """Walks the parsed document, collecting problems as "<where>: <what>; <how to fix>"."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def problem(self, where: str, what: str) -> None:
+        self.problems.append(f"{where or '(top level)'}: {what}")
+
+    # -- generic helpers --
+
+    def obj(self, value: Any, where: str, allowed: Sequence[str], what: str = "field") -> dict | None:
+        """Check ``value`` is an object whose keys are all in ``allowed``; report unknown and repeated keys."""
+        if not isinstance(value, dict):
+            self.problem(where, f"expected an object, got {_type_name(value)}")
+            return None
+        for key in value:
+            if key not in allowed:
+                hint = did_you_mean(key, allowed)
+                self.problem(_at(where, key), f"unknown {what}{hint} (use one of: {', '.join(allowed)})")
+        for key in getattr(value, "duplicates", ()):
+            self.problem(_at(where, key), "given more than once; JSON keeps only the last, so remove the others")
+        return value
+
+    def text(self, obj: dict, key: str, where: str, *, required: bool) -> str | None:
+        if key not in obj:
+            if required:
+                self.problem(where, f'"{key}" is required')
+            return None
+        value = obj[key]
+        if not isinstance(value, str) or not value.strip():
+            got = "an empty string" if isinstance(value, str) else _type_name(value)
+            self.problem(f"{where}.{key}", f"expected a non-empty string, got {got}")
+            return None
+        return value
+
+    def flag(self, obj: dict, key: str, where: str, default: bool) -> bool:
+        value = obj.get(key, default)
+        if not isinstance(value, bool):
+            self.problem(f"{where}.{key}", f"expected true or false, got {json.dumps(value)}")
+            return default
+        return value
+
+    def choice(self, obj: dict, key: str, where: str, choices: Sequence[str], default: str) -> str:
+        value = obj.get(key, default)
+        if value not in choices:
+            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+            allowed = ", ".join(choices)
+            self.problem(f"{where}.{key}", f"{json.dumps(value)} is not allowed{hint} (use one of: {allowed})")
+            return default
+        return value
+
+    # -- document structure --
+
+    def document(self, data: Any) -> list[ExportDefinition]:
+        top = self.obj(data, "", TOP_KEYS, what="key")
+        if top is None:
+            return []
+        if "exports" not in top:
+            self.problem("(top level)", '"exports" is required: {"exports": [ ... ]}')
+            return []
+        items = top["exports"]
+        if not isinstance(items, list):
+            self.problem("exports", f"expected a list of export definitions, got {_type_name(items)}")
+            return []
+        if not items:
+            self.problem("exports", "the list is empty; define at least one export")
+        exports = []
+        first_index: dict[str, int] = {}
+        for i, item in enumerate(items):
+            where = f"exports[{i}]"
+            export = self.export(item, where)
+            name = item.get("name") if isinstance(item, dict) else None
+            if isinstance(name, str):
+                if name in first_index:
+                    first = first_index[name]
+                    self.problem(f"{where}.name", f'"{name}" is already used by exports[{first}]; names must be unique')
+                else:
+                    first_index[name] = i
+            if export is not None:
+                exports.append(export)
+        return exports
+
+    def export(self, item: Any, where: str) -> ExportDefinition | None:
+        obj = self.obj(item, where, EXPORT_KEYS)
+        if obj is None:
+            return None
+        before = len(self.problems)
+        name = self.text(obj, "name", where, required=True)
+        if name is not None and not EXPORT_NAME_RE.fullmatch(name):
+            self.problem(
+                f"{where}.name",
+                f'"{name}" is not allowed: use 1-63 lower-case letters, digits and hyphens, starting with a letter or '
+                "digit (the name is used in blob paths and URLs)",
+            )
+        source = self.source(obj.get("source"), f"{where}.source") if "source" in obj else None
+        if "source" not in obj:
+            self.problem(where, '"source" is required')
+        mapping, custom = self.mapping(obj, where)
+        tags = self.tags(obj, where)
+        on_exit = self.choice(obj, "onExit", where, ON_EXIT_POLICIES, "untag")
+        acknowledged = self.flag(obj, "dataTransferAcknowledged", where, False)
+        enabled = self.flag(obj, "enabled", where, True)
+        status = self.choice(obj, "newContactStatus", where, CHANNEL_STATUSES, "nonSubscribed")
+        welcome = self.flag(obj, "sendWelcomeMessage", where, False)
+        fraction = self.fraction(obj, where)
+        consent = self.consent(obj["consent"], f"{where}.consent") if "consent" in obj else None
+        if len(self.problems) > before or name is None or source is None or mapping is None:
+            return None
+        return ExportDefinition(
+            name=name,
+            source=source,
+            mapping=mapping,
+            custom_properties=custom,
+            tags=tags,
+            on_exit=on_exit,  # type: ignore[arg-type]
+            data_transfer_acknowledged=acknowledged,
+            enabled=enabled,
+            new_contact_status=status,  # type: ignore[arg-type]
+            send_welcome_message=welcome,
+            max_exit_fraction=fraction,
+            consent=consent,
+        )
+
+    def source(self, value: Any, where: str) -> Source | None:
+        obj = self.obj(value, where, SOURCE_KEYS)
+        if obj is None:
+            return None
+        before = len(self.problems)
+        container = self.text(obj, "container", where, required=True)
+        if container is not None and not CONTAINER_NAME_RE.fullmatch(container):
+            self.problem(
+                f"{where}.container",
+                f'"{container}" is not a valid blob container name: 3-63 lower-case letters, digits and single '
+                "hyphens, starting and ending with a letter or digit",
+            )
+        texts = {key: self.text(obj, key, where, required=False) for key in ("path", "table", "file", "prefix")}
+        for key in ("path", "file", "prefix"):
+            if texts[key] is not None and texts[key].startswith("/"):
+                self.problem(f"{where}.{key}", "blob names do not start with '/'; remove the leading slash")
+        kinds = [k for k in SOURCE_KINDS if k in obj]
+        if len(kinds) != 1:
+            got = f"got {', '.join(kinds)}" if kinds else "got none"
+            self.problem(
+                where,
+                f"give exactly one of table (a CDM folder with model.json), file (one CSV with a header) or "
+                f"prefix (CSVs with a header under a prefix); {got}",
+            )
+        elif kinds == ["table"] and "path" not in obj:
+            self.problem(where, '"path" is required with "table": the folder holding model.json')
+        elif kinds != ["table"] and "path" in obj:
+            self.problem(f"{where}.path", f'only used with "table"; put the full blob name in "{kinds[0]}"')
+        if len(self.problems) > before:
+            return None
+        return Source(
+            container=container or "",
+            path=texts["path"] or "",
+            table=texts["table"],
+            file=texts["file"],
+            prefix=texts["prefix"],
+        )
+
+    def mapping(self, obj: dict, where: str) -> tuple[dict[str, str] | None, dict[str, str]]:
+        where = f"{where}.mapping"
+        if "mapping" not in obj:
+            self.problem(where.rsplit(".", 1)[0], '"mapping" is required, with at least "email"')
+            return None, {}
+        m = self.obj(obj["mapping"], where, MAPPING_KEYS)
+        if m is None:
+            return None, {}
+        mapping: dict[str, str] = {}
+        for key in CONTACT_FIELDS:
+            if key in m:
+                column = self.text(m, key, where, required=False)
+                if column is not None:
+                    mapping[key] = column
+        if "email" not in m:
+            self.problem(where, '"email" is required: the column holding the email address')
+        custom: dict[str, str] = {}
+        if "customProperties" in m:
+            custom = self.custom_properties(m["customProperties"], f"{where}.customProperties")
+        return mapping, custom
+
+    def custom_properties(self, value: Any, where: str) -> dict[str, str]:
+        if not isinstance(value, dict):
+            self.problem(where, f"expected an object {{property name: column}}, got {_type_name(value)}")
+            return {}
+        for key in getattr(value, "duplicates", ()):
+            self.problem(f"{where}.{key}", "given more than once; JSON keeps only the last, so remove the others")
+        if len(value) > MAX_CUSTOM_PROPERTIES:
+            self.problem(where, f"{len(value)} properties; Omnisend allows at most {MAX_CUSTOM_PROPERTIES} per contact")
+        custom = {}
+        for name in value:
+            if not CUSTOM_PROPERTY_NAME_RE.fullmatch(name):
+                self.problem(
+                    f"{where}.{name}",
+                    "Omnisend property names use only latin letters, digits and _ (1-128 characters)",
+                )
+            column = self.text(value, name, where, required=False)
+            if column is not None:
+                custom[name] = column
+        return custom
+
+    def tags(self, obj: dict, where: str) -> tuple[str, ...]:
+        if "tags" not in obj:
+            return ()
+        where = f"{where}.tags"
+        value = obj["tags"]
+        if not isinstance(value, list):
+            self.problem(where, f"expected a list of strings, got {_type_name(value)}")
+            return ()
+        if len(value) > MAX_TAGS:
+            self.problem(where, f"{len(value)} tags; Omnisend allows at most {MAX_TAGS}")
+        seen: set[str] = set()
+        for i, tag in enumerate(value):
+            if not isinstance(tag, str):
+                self.problem(f"{where}[{i}]", f"expected a string, got {_type_name(tag)}")
+            elif not TAG_RE.fullmatch(tag):
+                self.problem(
+                    f"{where}[{i}]",
+                    f"{json.dumps(tag)}: tags use only letters, digits, _, - and spaces (1-128 characters)",
+                )
+            elif tag in seen:
+                self.problem(f"{where}[{i}]", f"{json.dumps(tag)} is listed twice")
+            else:
+                seen.add(tag)
+        return tuple(t for t in value if isinstance(t, str))
+
+    def fraction(self, obj: dict, where: str) -> float:
+        value = obj.get("maxExitFraction", DEFAULT_MAX_EXIT_FRACTION)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            self.problem(
+                f"{where}.maxExitFraction",
+                f"expected a number from 0 to 1 (the largest share of the previous segment that may leave in one "
+                f"run), got {json.dumps(value)}",
+            )
+            return DEFAULT_MAX_EXIT_FRACTION
+        return float(value)
+
+    def consent(self, value: Any, where: str) -> ConsentMapping | None:
+        obj = self.obj(value, where, CONSENT_KEYS)
+        if obj is None:
+            return None
+        before = len(self.problems)
+        column = self.text(obj, "column", where, required=True)
+        timestamp_column = self.text(obj, "timestampColumn", where, required=False)
+        values: dict[ChannelStatus, tuple[str, ...]] = {}
+        if "values" not in obj:
+            self.problem(where, '"values" is required: {"subscribed": [...], "unsubscribed": [...], ...}')
+        else:
+            values = self.consent_values(obj["values"], f"{where}.values")
+        if len(self.problems) > before or column is None:
+            return None
+        return ConsentMapping(column=column, timestamp_column=timestamp_column, values=values)
+
+    def consent_values(self, value: Any, where: str) -> dict[ChannelStatus, tuple[str, ...]]:
+        obj = self.obj(value, where, CHANNEL_STATUSES, what="status")
+        if obj is None:
+            return {}
+        result: dict[ChannelStatus, tuple[str, ...]] = {}
+        owner: dict[str, str] = {}  # normalised cell value -> status that claimed it first
+        for status in CHANNEL_STATUSES:
+            if status not in obj:
+                continue
+            items = obj[status]
+            if not isinstance(items, list) or not items:
+                self.problem(f"{where}.{status}", f"expected a non-empty list of strings, got {_type_name(items)}")
+                continue
+            normalised = []
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or not item.strip():
+                    self.problem(
+                        f"{where}.{status}[{i}]",
+                        f"expected a non-empty string, got {_type_name(item)} (empty cells never set a status)",
+                    )
+                    continue
+                key = normalise_consent_value(item)
+                if key in owner and owner[key] != status:
+                    self.problem(
+                        f"{where}.{status}[{i}]",
+                        f"{json.dumps(item)} is also listed under {owner[key]}; a value can mean only one status "
+                        "(values are compared ignoring case and surrounding spaces)",
+                    )
+                    continue
+                if key not in owner:
+                    owner[key] = status
+                    normalised.append(key)
+            result[status] = tuple(normalised)
+        if not any(k in obj for k in CHANNEL_STATUSES):
+            self.problem(where, f"list the cell values for at least one status ({', '.join(CHANNEL_STATUSES)})")
+        return result
+
+
+def normalise_consent_value(value: str) -> str:
+    """How consent cells and configured values are compared: trimmed and case-folded."""
+    return value.strip().casefold()

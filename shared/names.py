@@ -1,0 +1,23 @@
+"""Names shared by the code, the function bindings, the tests and the Bicep template.
+
+Queue names are literal here because the Functions host reads them from the bindings at indexing time;
+tests assert that function_app.py's bindings, these constants and infra/main.bicep agree.
+"""
+
+# Blob container holding run state (manifests, batches, results, reports) and per-export state.
+RUNS_CONTAINER = "exporter-runs"
+# Blob container for the export definitions in Azure (EXPORTS_CONFIG=blob:exporter-config/exports.json).
+CONFIG_CONTAINER = "exporter-config"
+# Prefix of EXPORTS_CONFIG values that name a blob ("blob:<container>/<name>") instead of a local file.
+BLOB_CONFIG_PREFIX = "blob:"
+
+# Storage queues, one per stage. The host moves a message that failed maxDequeueCount times to
+# "<queue>-poison"; a handler on each poison queue records the failure so the run still finalises.
+PLAN_QUEUE = "export-plan"
+SEND_QUEUE = "export-send"
+VERIFY_QUEUE = "export-verify"
+STAGE_QUEUES = (PLAN_QUEUE, SEND_QUEUE, VERIFY_QUEUE)
+POISON_SUFFIX = "-poison"
+
+# Connection-setting prefix the queue bindings use (identity-based in Azure: AzureWebJobsStorage__*).
+STORAGE_CONNECTION = "AzureWebJobsStorage"

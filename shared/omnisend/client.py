@@ -1,0 +1,416 @@
+"""HTTP client for Omnisend's batch and tag endpoints: pacing, retries, key rotation, typed errors.
+
+Every request: pacer slot -> API key from the provider -> HTTP -> classify the answer:
+- 2xx: done.
+- 401/403: re-read the key once (``api_key.get(refresh=True)``: the key may have been rotated) and retry once;
+  refused again -> AuthRejected.
+- 408/429/5xx/524, dropped connections, timeouts: back off and retry up to ``max_attempts``, then RetryLater.
+  A 429 also defers the shared pacer, so every thread of the process slows down, not only this one.
+- anything else: the calling method decides (BatchRejected for a refused batch, "missing" for an unknown batch,
+  UnexpectedResponse otherwise).
+Messages carry method, path, status and Omnisend's request id; never the key, never contact data.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from shared.errors import AuthRejected, RetryLater
+from shared.omnisend.errors import BatchRejected, UnexpectedResponse, UntagNotSupported
+from shared.omnisend.limits import API_2026, limits_for
+from shared.omnisend.pacing import Pacer
+from shared.omnisend.payloads import encode_batch_body
+from shared.omnisend.problems import Problem, mask_emails, parse_problem
+from shared.omnisend.retry import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAX_INLINE_WAIT_SECONDS,
+    backoff_seconds,
+    is_retryable_status,
+    parse_retry_after_header,
+)
+
+log = logging.getLogger(__name__)
+
+# Omnisend's docs advise a ~10 s client timeout (latency spikes happen); the official WordPress client uses 10 s.
+REQUEST_TIMEOUT_SECONDS = 10.0
+# /contacts/tags is limited to 60 requests/min per brand (not the default 400). Pacing at 90% of it leaves room
+# for clock skew between us and Omnisend's sliding window and for the brand's other integrations.
+TAGS_REQUESTS_PER_MINUTE = 60
+TAGS_SAFETY_FACTOR = 0.9
+# DELETE /contacts/tags takes at most 250 emails and 100 tags per request.
+UNTAG_MAX_EMAILS = 250
+UNTAG_MAX_TAGS = 100
+# GET /batches takes limit 1..250: one request reports up to 250 batches.
+BATCH_LIST_PAGE_SIZE = 250
+# Status given to a batch Omnisend does not know (404): deleted after its 7-day retention, or never created.
+MISSING_STATUS = "missing"
+# Connections kept open per host: enough for the CLI's worker pool without "pool is full" churn.
+POOL_MAXSIZE = 32
+
+_TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+_BATCH_REFUSED_STATUSES = frozenset({400, 413, 422})
+
+
+class ApiKeyProvider(Protocol):
+    def get(self, refresh: bool = False) -> str:
+        """The current key. ``refresh=True`` after a 401/403: re-read it from its source (key rotation)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    batch_id: str
+    status: str  # pending | inProgress | finished | stopped, or MISSING_STATUS
+    total: int
+    finished: int  # processed, failures included
+    errors: int
+    ended_at: str | None = None  # v3 examples spell it "enddedAt"; both are read
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    email: str | None
+    response_code: int
+    message: str  # Omnisend's message, emails masked
+    retryable: bool
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def encode_json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _json(resp: requests.Response) -> Any:
+    try:
+        return resp.json()
+    except ValueError:
+        return None
+
+
+def _item_retryable(code: int) -> bool:
+    return code in (408, 429) or 500 <= code <= 599
+
+
+def _email_of(request: Any) -> str | None:
+    if isinstance(request, dict):
+        for ident in request.get("identifiers") or ():
+            if isinstance(ident, dict) and ident.get("type") == "email" and ident.get("id"):
+                return str(ident["id"])
+    return None
+
+
+def _batch_status(body: dict, batch_id: str | None = None) -> BatchStatus:
+    return BatchStatus(
+        batch_id=str(body.get("batchID") or batch_id or ""),
+        status=str(body.get("status") or ""),
+        total=int(body.get("totalCount") or 0),
+        finished=int(body.get("finishedCount") or 0),
+        errors=int(body.get("errorsCount") or 0),
+        ended_at=body.get("endedAt") or body.get("enddedAt") or None,
+    )
+
+
+class OmnisendClient:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_version: str,
+        api_key: ApiKeyProvider,
+        pacer: Pacer,
+        session: requests.Session | None = None,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        tags_pacer: Pacer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        self.api_version = api_version
+        self.limits = limits_for(api_version)
+        self._root = base_url.rstrip("/") + self.limits.base_path
+        self._api_key = api_key
+        self._pacer = pacer
+        self._tags_pacer = tags_pacer or Pacer(TAGS_REQUESTS_PER_MINUTE * TAGS_SAFETY_FACTOR, clock=clock, sleep=sleep)
+        self._own_session = session is None
+        self._session = session if session is not None else _new_session()
+        self._max_attempts = max_attempts
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._counter_lock = threading.Lock()
+        self.requests_made = 0
+        self.responses_429 = 0
+
+    # ---- public API -------------------------------------------------------------------------------------------
+
+    def create_batch(self, items: list[dict]) -> str:
+        """POST /batches; returns Omnisend's batchID. Raises BatchRejected when Omnisend refuses the whole batch.
+
+        Not idempotent on Omnisend's side: a retry after a lost response can create the batch twice. Contact upserts
+        are keyed on the email, so applying the same batch twice leaves the same contacts.
+        """
+        if not items:
+            raise ValueError("a batch needs at least one item")
+        if len(items) > self.limits.max_batch_items:
+            raise ValueError(f"{len(items)} items exceed the {self.limits.max_batch_items}-item batch limit")
+        body = encode_batch_body(items)
+        if len(body) > self.limits.max_body_bytes:
+            raise ValueError(f"batch body of {len(body)} bytes exceeds {self.limits.max_body_bytes}")
+        path = "/batches"
+        resp = self._request("POST", path, body=body)
+        if resp.status_code >= 300:
+            problem = self._problem(resp)
+            if resp.status_code in _BATCH_REFUSED_STATUSES:
+                raise BatchRejected(
+                    self._evidence("POST", path, resp.status_code, problem, f"batch of {len(items)} items refused"),
+                    status=resp.status_code,
+                    reason=problem.message,
+                    request_id=problem.request_id,
+                )
+            raise self._unexpected("POST", path, resp.status_code, problem)
+        data = _json(resp)
+        batch_id = data.get("batchID") if isinstance(data, dict) else None
+        if not batch_id:
+            # The batch may exist, but without its id we cannot follow it; posting it again is harmless (upserts).
+            raise RetryLater(
+                f"Omnisend POST {self._path(path)} → {resp.status_code} without a batchID in the body",
+                status=resp.status_code,
+            )
+        return str(batch_id)
+
+    def batch_statuses(self, batch_ids: Collection[str]) -> dict[str, BatchStatus]:
+        """Statuses of ``batch_ids``, cheaply: list pages first (250 batches a request), then one GET per id not seen.
+
+        Paging stops as soon as every id was seen, at the last page, or once the pages fetched reach the number of
+        ids still unseen (so listing never costs more than asking for each id). An id Omnisend does not know (404)
+        gets status MISSING_STATUS with zero counts: the caller decides whether to re-send it.
+        """
+        wanted = set(batch_ids)
+        found: dict[str, BatchStatus] = {}
+        offset = pages = 0
+        while len(found) < len(wanted) and pages < len(wanted) - len(found):
+            params = {"endpoint": "contacts", "limit": BATCH_LIST_PAGE_SIZE, "offset": offset}
+            resp = self._request("GET", "/batches", params=params)
+            if resp.status_code >= 300:
+                raise self._unexpected("GET", "/batches", resp.status_code, self._problem(resp))
+            data = _json(resp)
+            batches = data.get("batches") if isinstance(data, dict) else None
+            if not isinstance(batches, list):
+                raise UnexpectedResponse(
+                    f"Omnisend GET {self._path('/batches')} → {resp.status_code} without a batches list", status=None
+                )
+            pages += 1
+            for body in batches:
+                if isinstance(body, dict) and body.get("batchID") in wanted:
+                    found[body["batchID"]] = _batch_status(body)
+            paging = data.get("paging") if isinstance(data.get("paging"), dict) else {}
+            if len(batches) < BATCH_LIST_PAGE_SIZE or ("next" in paging and not paging["next"]):
+                break
+            offset += len(batches)
+        for batch_id in sorted(wanted - found.keys()):
+            found[batch_id] = self._batch_status_by_id(batch_id)
+        return found
+
+    def batch_failures(self, batch_id: str) -> list[ItemFailure]:
+        """The failed items of a batch (GET /batches/{id}/items, ``errors[]`` only), mapped to their emails."""
+        path = f"/batches/{batch_id}/items"
+        resp = self._request("GET", path)
+        if resp.status_code >= 300:
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+        data = _json(resp)
+        errors = data.get("errors") if isinstance(data, dict) else None
+        failures = []
+        for err in errors or ():
+            if not isinstance(err, dict):
+                continue
+            try:
+                code = int(err.get("responseCode") or 0)
+            except (TypeError, ValueError):
+                code = 0
+            message = parse_problem(err.get("response"), code or None).message
+            failures.append(ItemFailure(_email_of(err.get("request")), code, message, _item_retryable(code)))
+        return failures
+
+    def untag(self, emails: Sequence[str], tags: Sequence[str]) -> None:
+        """Remove ``tags`` from the contacts with ``emails`` (DELETE /contacts/tags; API 2026-03-15 only).
+
+        Omnisend applies it asynchronously (202) and ignores emails it does not know. Requests go through the
+        tags pacer (60/min endpoint limit) and the main pacer (they count against the brand's budget too).
+        """
+        if self.api_version != API_2026:
+            raise UntagNotSupported(self.api_version)
+        if not emails or not tags:
+            return
+        path = "/contacts/tags"
+        for t in range(0, len(tags), UNTAG_MAX_TAGS):
+            tag_chunk = list(tags[t : t + UNTAG_MAX_TAGS])
+            for e in range(0, len(emails), UNTAG_MAX_EMAILS):
+                body = encode_json({"tags": tag_chunk, "emails": list(emails[e : e + UNTAG_MAX_EMAILS])})
+                resp = self._request("DELETE", path, body=body, tags_endpoint=True)
+                if resp.status_code >= 300:
+                    raise self._unexpected("DELETE", path, resp.status_code, self._problem(resp))
+
+    def close(self) -> None:
+        if self._own_session:
+            self._session.close()
+
+    def __enter__(self) -> OmnisendClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- internals --------------------------------------------------------------------------------------------
+
+    def _batch_status_by_id(self, batch_id: str) -> BatchStatus:
+        path = f"/batches/{batch_id}"
+        resp = self._request("GET", path)
+        if resp.status_code == 404:
+            return BatchStatus(batch_id, MISSING_STATUS, 0, 0, 0)
+        data = _json(resp)
+        if resp.status_code >= 300 or not isinstance(data, dict):
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+        return _batch_status(data, batch_id)
+
+    def _headers(self, key: str, has_body: bool) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if has_body:
+            headers["Content-Type"] = "application/json"
+        if self.api_version == API_2026:
+            headers["Authorization"] = f"Omnisend-API-Key {key}"
+            headers["Omnisend-Version"] = API_2026
+        else:
+            headers["X-API-KEY"] = key
+        return headers
+
+    def _count(self, is_429: bool = False) -> None:
+        with self._counter_lock:
+            if is_429:
+                self.responses_429 += 1
+            else:
+                self.requests_made += 1
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict | None = None,
+        body: bytes | None = None,
+        tags_endpoint: bool = False,
+    ) -> requests.Response:
+        """Send with pacing and retries. Returns the 2xx response, or a non-retryable non-auth one for the caller."""
+        url = self._root + path
+        pacers = (self._tags_pacer, self._pacer) if tags_endpoint else (self._pacer,)
+        attempt = 0
+        refreshed = refresh_now = False
+        while True:
+            attempt += 1
+            key = self._api_key.get(refresh=refresh_now)
+            refresh_now = False
+            for pacer in pacers:
+                pacer.acquire()
+            self._count()
+            hint: float | None = None
+            problem: Problem | None = None
+            try:
+                resp = self._session.request(
+                    method,
+                    url,
+                    params=params,
+                    data=body,
+                    headers=self._headers(key, body is not None),
+                    timeout=REQUEST_TIMEOUT_SECONDS,
+                )
+            except _TRANSIENT_EXCEPTIONS as exc:
+                status: int | None = None
+                cause = type(exc).__name__
+            else:
+                status = resp.status_code
+                if status < 300:
+                    return resp
+                if status in (401, 403):
+                    if not refreshed:
+                        # The key may have been rotated since we read it: re-read once, retry once.
+                        refreshed = refresh_now = True
+                        attempt -= 1  # the auth retry is not a transient-failure attempt
+                        log.warning(
+                            "Omnisend %s %s → %s; re-reading the API key once", method, self._path(path), status
+                        )
+                        continue
+                    problem = self._problem(resp)
+                    raise AuthRejected(
+                        self._evidence(method, path, status, problem, f"Omnisend refused the API key ({status})")
+                        + "; check OMNISEND_API_KEY / the Key Vault secret"
+                    )
+                if not is_retryable_status(status):
+                    return resp
+                problem = self._problem(resp)
+                hint = problem.retry_after
+                if hint is None:
+                    hint = parse_retry_after_header(resp.headers.get("Retry-After"))
+                cause = str(status)
+                if status == 429:
+                    self._count(is_429=True)
+            wait = hint if hint is not None else backoff_seconds(attempt, self._rng)
+            if status == 429:
+                pacers[0].defer(wait)  # every thread of the process waits, not only this one
+            if attempt >= self._max_attempts or wait > MAX_INLINE_WAIT_SECONDS:
+                what = f"Omnisend {method} {self._path(path)} failed after {attempt} attempt(s): {cause}"
+                if problem is not None and (problem.title or problem.detail or problem.field_errors):
+                    what += f" {problem.message}"
+                if problem is not None and problem.request_id:
+                    what += f" (request {problem.request_id})"
+                raise RetryLater(what, retry_after=hint, status=status)
+            log.warning(
+                "Omnisend %s %s → %s; attempt %d/%d, retrying in %.2f s",
+                method,
+                self._path(path),
+                cause,
+                attempt,
+                self._max_attempts,
+                wait,
+            )
+            if status != 429:  # a 429 already deferred the pacer, whose next acquire() does the waiting
+                self._sleep(wait)
+
+    def _path(self, path: str) -> str:
+        return self.limits.base_path + path
+
+    def _problem(self, resp: requests.Response) -> Problem:
+        return parse_problem(_json(resp), resp.status_code)
+
+    def _evidence(self, method: str, path: str, status: int, problem: Problem, what: str) -> str:
+        text = f"{what}: Omnisend {method} {self._path(path)} → {status}"
+        if problem.title or problem.detail or problem.field_errors:
+            text += f" {problem.message}"
+        if problem.request_id:
+            text += f" (request {problem.request_id})"
+        return text
+
+    def _unexpected(self, method: str, path: str, status: int, problem: Problem) -> UnexpectedResponse:
+        hint = " (API version retired: set OMNISEND_API_VERSION)" if status == 410 else ""
+        return UnexpectedResponse(
+            mask_emails(self._evidence(method, path, status, problem, "unexpected answer") + hint),
+            status=status,
+            request_id=problem.request_id,
+        )

@@ -1,0 +1,83 @@
+"""Progress output for long work, on stderr: a live line on a terminal, a line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from typing import TextIO
+
+# A terminal line is redrawn at most this often; a log (not a TTY) gets a line this often at most.
+TTY_REFRESH_SECONDS = 0.2
+LOG_REFRESH_SECONDS = 5.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    def __init__(self, stream: TextIO | None = None, enabled: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self._last = 0.0
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._line_open = False
+
+    def _emit(self, text: str, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if not force and now - self._last < (TTY_REFRESH_SECONDS if self.tty else LOG_REFRESH_SECONDS):
+                return
+            self._last = now
+            if self.tty:
+                self.stream.write("\r\x1b[2K" + text)
+                self._line_open = True
+            else:
+                self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def note(self, text: str) -> None:
+        """A message on its own line (ends any live line)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            if self._line_open:
+                self.stream.write("\n")
+                self._line_open = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def planning(self, rows: int, bytes_read: int, total_bytes: int = 0, force: bool = False) -> None:
+        elapsed = time.monotonic() - self._t0
+        rate = rows / elapsed if elapsed > 0 else 0
+        pct = f" {100 * bytes_read / total_bytes:5.1f}%" if total_bytes else ""
+        self._emit(f"planning{pct}  rows {rows:,}  {rate:,.0f} rows/s", force)
+
+    def sending(self, done: int, submitted: int, total: int, requests: int, started: float, rpm: int,
+                force: bool = False) -> None:
+        elapsed = time.monotonic() - started
+        rate = requests / elapsed * 60 if elapsed > 1 else 0.0
+        remaining = total - submitted
+        eta = remaining * 60.0 / rpm
+        width = 24
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        self._emit(
+            f"[{bar}] batches {done:,}/{total:,} confirmed, {submitted:,} sent  "
+            f"{rate:,.0f} req/min (budget {rpm})  ETA {_duration(eta)}",
+            force,
+        )
+
+    def close(self) -> None:
+        if self.enabled and self._line_open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._line_open = False

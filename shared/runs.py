@@ -1,0 +1,133 @@
+"""Where a run keeps its state in the object store, and the run report.
+
+Layout (container ``names.RUNS_CONTAINER``), one folder per run; every marker that must happen once is created
+with if-none-match, so a redelivered message or a re-run changes nothing twice:
+
+    <export>/runs/<runId>/started.json        created when the run starts (options, snapshot)
+    <export>/runs/<runId>/manifest.json       created once by PLAN: counts and the number of batches
+    <export>/runs/<runId>/batches/<n>.json    the contact payloads of batch n, with their source rows
+    <export>/runs/<runId>/changes.bin         email + fingerprint of every planned contact, for the new state
+    <export>/runs/<runId>/planned-keys.bin    keys of every valid contact in the snapshot, to find leavers
+    <export>/runs/<runId>/plan-rejected.csv   rows rejected or deduplicated while planning
+    <export>/runs/<runId>/sent/<n>.a<k>.json   attempt k of batch n was submitted: Omnisend's batchID
+    <export>/runs/<runId>/outcome/<n>.a<k>.json what attempt k ended with (failed items)
+    <export>/runs/<runId>/results/<n>.json    the batch's final result, written exactly once
+    <export>/runs/<runId>/final.json          finalisation claimed (exactly once)
+    <export>/runs/<runId>/report.json         the run report (ARCHITECTURE §3)
+    <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
+    <export>/state/members.bin                the export's membership state (shared/state.py)
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from shared.storage import NotFound, ObjectStore
+
+REJECTED_COLUMNS = ("bucket", "file", "line", "email", "reason", "httpStatus", "omnisendMessage")
+# Report keys every consumer may rely on (ARCHITECTURE §3); tests check each report has them all.
+REPORT_KEYS = (
+    "runId",
+    "export",
+    "snapshot",
+    "status",
+    "rows",
+    "valid",
+    "rejected",
+    "duplicates",
+    "unchanged",
+    "sent",
+    "failed",
+    "leavers",
+    "untagged",
+    "requests",
+    "durationSeconds",
+)
+STATUSES = ("succeeded", "partial", "failed", "held")
+
+
+def batch_label(n: int) -> str:
+    return f"{n:05d}"
+
+
+def derive_run_id(export: str, snapshot_id: str, forced_at: float | None = None) -> str:
+    """Same export + snapshot → same run id, so a finished snapshot is not exported twice and a crashed run
+    resumes. ``--force`` adds the time, giving a new run."""
+    digest = hashlib.blake2b(f"{export}\n{snapshot_id}".encode(), digest_size=6).hexdigest()
+    run_id = f"r-{digest}"
+    if forced_at is not None:
+        run_id += f"-f{int(forced_at)}"
+    return run_id
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    export: str
+    run_id: str
+
+    @property
+    def root(self) -> str:
+        return f"{self.export}/runs/{self.run_id}"
+
+    started = property(lambda self: f"{self.root}/started.json")
+    manifest = property(lambda self: f"{self.root}/manifest.json")
+    changes = property(lambda self: f"{self.root}/changes.bin")
+    planned_keys = property(lambda self: f"{self.root}/planned-keys.bin")
+    plan_rejected = property(lambda self: f"{self.root}/plan-rejected.csv")
+    final = property(lambda self: f"{self.root}/final.json")
+    report = property(lambda self: f"{self.root}/report.json")
+    rejected = property(lambda self: f"{self.root}/rejected.csv")
+
+    def batch(self, n: int) -> str:
+        return f"{self.root}/batches/{batch_label(n)}.json"
+
+    def sent(self, n: int, attempt: int) -> str:
+        return f"{self.root}/sent/{batch_label(n)}.a{attempt}.json"
+
+    def sent_prefix(self, n: int) -> str:
+        return f"{self.root}/sent/{batch_label(n)}.a"
+
+    def outcome(self, n: int, attempt: int) -> str:
+        return f"{self.root}/outcome/{batch_label(n)}.a{attempt}.json"
+
+    def result(self, n: int) -> str:
+        return f"{self.root}/results/{batch_label(n)}.json"
+
+    @property
+    def results_prefix(self) -> str:
+        return f"{self.root}/results/"
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def read_json(store: ObjectStore, container: str, name: str) -> Any | None:
+    try:
+        return json.loads(store.read(container, name))
+    except NotFound:
+        return None
+
+
+def rejected_csv(rows: list[dict[str, Any]]) -> bytes:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=REJECTED_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue().encode("utf-8")
+
+
+def check_accounting(report: dict[str, Any]) -> None:
+    """Every row ends in exactly one bucket; a report that breaks this is a bug, so fail loudly."""
+    total = report["sent"] + report["failed"] + report["rejected"] + report["duplicates"] + report["unchanged"]
+    if report["rows"] != total:
+        raise AssertionError(
+            f"accounting broken for run {report['runId']}: rows={report['rows']} but "
+            f"sent+failed+rejected+duplicates+unchanged={total}"
+        )

@@ -1,0 +1,187 @@
+"""Where the Omnisend API key comes from: an environment variable, or Key Vault read by the app itself.
+
+The key is returned to the caller and kept in memory only; it is never logged and never part of an error message
+or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from azure.core.exceptions import (
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+
+from shared.errors import ConfigError, FailRun, RetryLater
+from shared.settings import KEY_VAULT_REFERENCE_PREFIX
+
+if TYPE_CHECKING:
+    from azure.core.credentials import TokenCredential
+    from azure.keyvault.secrets import SecretClient
+
+    from shared.settings import Settings
+
+# How long a key read from Key Vault is reused. Key Vault throttles (HTTP 429) well below one read per queue
+# message, so the value is cached; a rotated key is picked up within this time, or at once when Omnisend refuses
+# the old key and the caller asks for get(refresh=True).
+KEY_CACHE_TTL = 300.0
+KEY_VAULT_ROLE = "Key Vault Secrets User"
+
+
+class ApiKeyUnavailable(FailRun):
+    """The API key cannot be obtained (missing secret, no access, unresolved reference). Fix the setup."""
+
+    exit_code = 5
+
+
+class ApiKeyProvider(Protocol):
+    def get(self, refresh: bool = False) -> str:
+        """The current key; ``refresh=True`` bypasses any cache (after Omnisend refused the cached key)."""
+
+
+def _check_value(value: str | None, where: str) -> str:
+    if value is None or not value.strip():
+        raise ApiKeyUnavailable(f"the Omnisend API key in {where} is empty")
+    if value.strip().startswith(KEY_VAULT_REFERENCE_PREFIX):
+        raise ApiKeyUnavailable(
+            f"the Omnisend API key in {where} is an unresolved Key Vault reference ({KEY_VAULT_REFERENCE_PREFIX}...): "
+            f"the platform could not read the secret. Grant the app's identity '{KEY_VAULT_ROLE}' on the vault and "
+            "set keyVaultReferenceIdentity, or set KEY_VAULT_URL so the app reads the secret itself"
+        )
+    return value.strip()
+
+
+class StaticKeyProvider:
+    """A key given once (``OMNISEND_API_KEY``); refreshing returns the same key."""
+
+    def __init__(self, key: str, where: str = "OMNISEND_API_KEY") -> None:
+        self._key = _check_value(key, where)
+
+    def get(self, refresh: bool = False) -> str:
+        return self._key
+
+    def __repr__(self) -> str:
+        return "StaticKeyProvider(key=***)"
+
+
+class KeyVaultKeyProvider:
+    """Reads the key from Key Vault with the real ``SecretClient`` and caches it for ``ttl_seconds``.
+
+    The client is created on first use (no network at import or construction: a cold start that never needs the
+    key pays nothing). Thread-safe: concurrent invocations share one cached value and one read.
+    """
+
+    def __init__(
+        self,
+        vault_url: str,
+        secret_name: str,
+        *,
+        credential: TokenCredential | None = None,
+        client: SecretClient | None = None,
+        ttl_seconds: float = KEY_CACHE_TTL,
+        clock: Callable[[], float] = time.monotonic,
+        managed_identity_client_id: str | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.vault_url = vault_url.rstrip("/")
+        self.secret_name = secret_name
+        self._credential = credential
+        self._client = client
+        self._ttl = ttl_seconds
+        self._clock = clock
+        self._managed_identity_client_id = managed_identity_client_id
+        # Passed to SecretClient as is: transport options (connection_verify, timeouts), verify_challenge_resource.
+        self._client_kwargs = dict(client_kwargs or {})
+        self._lock = threading.Lock()
+        self._value: str | None = None
+        self._read_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"KeyVaultKeyProvider(vault_url={self.vault_url!r}, secret_name={self.secret_name!r})"
+
+    def get(self, refresh: bool = False) -> str:
+        with self._lock:
+            if refresh or self._value is None or self._clock() - self._read_at >= self._ttl:
+                self._value = self._read()
+                self._read_at = self._clock()
+            return self._value
+
+    def _secret_client(self) -> SecretClient:
+        if self._client is None:
+            from azure.keyvault.secrets import SecretClient
+
+            credential = self._credential
+            if credential is None:
+                from azure.identity import DefaultAzureCredential
+
+                credential = DefaultAzureCredential(managed_identity_client_id=self._managed_identity_client_id)
+            self._client = SecretClient(self.vault_url, credential, **self._client_kwargs)
+        return self._client
+
+    def _read(self) -> str:
+        where = f"secret {self.secret_name!r} of Key Vault {self.vault_url}"
+        try:
+            secret = self._secret_client().get_secret(self.secret_name)
+        except ResourceNotFoundError:
+            raise ApiKeyUnavailable(
+                f"{where} does not exist: create it (az keyvault secret set --vault-name <vault> "
+                f"--name {self.secret_name} --value <key>) or set OMNISEND_API_KEY_SECRET_NAME to the right name"
+            ) from None
+        except ClientAuthenticationError as exc:
+            # Raised both for a 401 from the vault and when the credential itself cannot get a token.
+            raise ApiKeyUnavailable(
+                f"cannot authenticate to read {where}: {_reason(exc)}. Check the app's managed identity "
+                "(AzureWebJobsStorage__clientId / AZURE_CLIENT_ID)"
+            ) from None
+        except HttpResponseError as exc:
+            status = exc.status_code
+            if status == 403:
+                raise ApiKeyUnavailable(
+                    f"access denied reading {where} ({_reason(exc)}): grant the app's identity the role "
+                    f"'{KEY_VAULT_ROLE}' on the vault (and check the vault's firewall)"
+                ) from None
+            if status == 429 or (status is not None and status >= 500):
+                raise RetryLater(f"Key Vault answered {status} reading {where}", status=status) from None
+            raise ApiKeyUnavailable(f"Key Vault answered {status} reading {where}: {_reason(exc)}") from None
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise RetryLater(f"could not reach Key Vault reading {where}: {type(exc).__name__}") from None
+        return _check_value(secret.value, where)
+
+
+def _reason(exc: HttpResponseError | ClientAuthenticationError) -> str:
+    """The service's error code and first line of its message: evidence without the response body."""
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    message = (getattr(error, "message", None) or str(exc.message or exc)).splitlines()[0]
+    return f"{code}: {message}" if code else message
+
+
+def key_provider_from_settings(
+    settings: Settings,
+    credential: TokenCredential | None = None,
+    *,
+    client_kwargs: Mapping[str, Any] | None = None,
+) -> ApiKeyProvider:
+    """Key Vault when KEY_VAULT_URL is set, else OMNISEND_API_KEY, else a ConfigError saying how to set one."""
+    if settings.key_vault_url:
+        return KeyVaultKeyProvider(
+            settings.key_vault_url,
+            settings.omnisend_api_key_secret_name,
+            credential=credential,
+            managed_identity_client_id=settings.managed_identity_client_id,
+            client_kwargs=client_kwargs,
+        )
+    if settings.omnisend_api_key:
+        return StaticKeyProvider(settings.omnisend_api_key)
+    raise ConfigError(
+        "no Omnisend API key configured: set KEY_VAULT_URL (and OMNISEND_API_KEY_SECRET_NAME if the secret is not "
+        f"named 'omnisend-api-key'; the app's identity needs '{KEY_VAULT_ROLE}'), or OMNISEND_API_KEY for local runs",
+        source="environment",
+    )
