@@ -16,7 +16,12 @@ if ! "$VENV/bin/checkov" --version 2>/dev/null | grep -qx "$CHECKOV_VERSION"; th
   echo "check_bicep: creating $VENV with checkov==$CHECKOV_VERSION" >&2
   rm -rf "$VENV"
   "$PYTHON" -m venv "$VENV"
-  "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+  if ! "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "checkov==$CHECKOV_VERSION" \
+      >"$VENV/pip-install.log" 2>&1; then
+    cat "$VENV/pip-install.log" >&2
+    echo "check_bicep: could not install checkov==$CHECKOV_VERSION (needs PyPI)" >&2
+    exit 2
+  fi
 fi
 
 cd "$ROOT"
@@ -27,7 +32,7 @@ trap 'rm -f "$OUT"' EXIT
 status=0
 "$VENV/bin/checkov" --framework bicep --skip-download --quiet --compact -d infra >"$OUT" 2>&1 || status=$?
 cat "$OUT"
-if grep -qi "parsing error\|failed to parse\|Traceback" "$OUT"; then
+if grep -Eq "Parsing errors: [1-9]|Traceback" "$OUT"; then
   echo "check_bicep: checkov could not parse part of infra/ (see above)" >&2
   exit 2
 fi

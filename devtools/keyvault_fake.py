@@ -20,6 +20,7 @@ Run it by hand:  ``.venv/bin/python -m devtools.keyvault_fake --secret omnisend-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import ssl
 import tempfile
@@ -81,7 +82,10 @@ class KeyVaultFake:
         server.socket = context.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, name="keyvault-fake", daemon=True)
+        # A short poll interval makes stop() quick (shutdown() waits for the serve loop to notice).
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="keyvault-fake", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -122,8 +126,11 @@ class KeyVaultFake:
                     "Caller is not authorized to perform action on resource. "
                     "Action: 'Microsoft.KeyVault/vaults/secrets/getSecret/action'"
                 )
-                return 403, {}, {"error": {"code": "Forbidden", "message": message,
-                                           "innererror": {"code": "ForbiddenByRbac"}}}
+                return (
+                    403,
+                    {},
+                    {"error": {"code": "Forbidden", "message": message, "innererror": {"code": "ForbiddenByRbac"}}},
+                )
             found = self._secrets.get(name)
         if found is None or (len(parts) == 3 and parts[2] != found[1]):
             message = f"A secret with (name/id) {name} was not found in this key vault."
@@ -159,7 +166,7 @@ def _handler_for(fake: KeyVaultFake) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: object) -> None:
             pass  # quiet: tests read counters, not logs
 
     return Handler
@@ -175,10 +182,8 @@ def main() -> None:
         fake.set_secret(name, value)
     with fake:
         print(f"Key Vault fake at {fake.url} ; CA certificate: {fake.ca_pem} ; Ctrl-C stops it", flush=True)
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
 
 
 if __name__ == "__main__":

@@ -134,6 +134,8 @@ def start_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> St
     }
     created = ctx.state_store.create(RUNS, paths.started, dumps(started))
     finished = (not created) and ctx.state_store.exists(RUNS, paths.report)
+    if not created and not finished:
+        ctx.state_store.delete(RUNS, paths.failure)  # resuming a run that stopped: it is running again
     log.info(
         "run start export=%s runId=%s snapshot=%s created=%s finished=%s",
         export.name, run_id, snapshot.snapshot_id, created, finished,
@@ -762,15 +764,13 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, A
 
 
 def fail_run(ctx: Context, export: str, run_id: str, error: Exception) -> dict[str, Any]:
-    """Record a run that cannot go on (bad key, unreadable snapshot) so its status says why."""
+    """Record why a run cannot go on (bad key, unreadable snapshot) so its status says so. It is not a report:
+    starting the same run again (after fixing the key, say) resumes it where it stopped."""
     paths = RunPaths(export, run_id)
-    existing = read_json(ctx.state_store, RUNS, paths.report)
-    if existing is not None:
-        return existing
-    report = {"runId": run_id, "export": export, "status": "failed", "message": str(error),
-              "error": type(error).__name__, "finishedAt": _now_iso(ctx.clock)}
-    ctx.state_store.write(RUNS, paths.report, dumps(report))
-    return report
+    failure = {"runId": run_id, "export": export, "status": "failed", "message": str(error),
+               "error": type(error).__name__, "failedAt": _now_iso(ctx.clock)}
+    ctx.state_store.write(RUNS, paths.failure, dumps(failure))
+    return failure
 
 
 # ---------------------------------------------------------------------------------------------------- status
@@ -785,6 +785,9 @@ def run_status(ctx: Context, export: str, run_id: str) -> dict[str, Any] | None:
     report = read_json(ctx.state_store, RUNS, paths.report)
     if report is not None:
         return {"runId": run_id, "export": export, "stage": "finished", "status": report["status"], "report": report}
+    failure = read_json(ctx.state_store, RUNS, paths.failure)
+    if failure is not None:
+        return {**failure, "stage": "stopped", "hint": "fix the cause, then start the run again to resume it"}
     manifest = read_json(ctx.state_store, RUNS, paths.manifest)
     if manifest is None:
         return {"runId": run_id, "export": export, "stage": "planning", "startedAt": started["startedAt"]}
@@ -812,12 +815,14 @@ def list_runs(ctx: Context, export: str) -> list[dict[str, Any]]:
     for obj in ctx.state_store.list(RUNS, f"{export}/runs/"):
         if obj.name.endswith("/started.json"):
             started = json.loads(ctx.state_store.read(RUNS, obj.name))
-            report = read_json(ctx.state_store, RUNS, RunPaths(export, started["runId"]).report)
+            paths = RunPaths(export, started["runId"])
+            report = read_json(ctx.state_store, RUNS, paths.report)
+            stopped = report is None and ctx.state_store.exists(RUNS, paths.failure)
             runs.append({
                 "runId": started["runId"],
                 "snapshot": started["snapshot"],
                 "startedAt": started["startedAt"],
-                "status": report["status"] if report else "running",
+                "status": report["status"] if report else "failed" if stopped else "running",
                 "sent": report.get("sent") if report else None,
                 "failed": report.get("failed") if report else None,
             })

@@ -10,6 +10,7 @@ silent failures, land in the poison queue.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -182,7 +183,5 @@ class StageQueues:
         return checked
 
     def _create(self, queue_name: str) -> None:
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self._service.create_queue(queue_name)
-        except ResourceExistsError:
-            pass

@@ -14,6 +14,7 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/results/<n>.json    the batch's final result, written exactly once
     <export>/runs/<runId>/final.json          finalisation claimed (exactly once)
     <export>/runs/<runId>/report.json         the run report (ARCHITECTURE §3)
+    <export>/runs/<runId>/failure.json        why the run stopped (bad key, unreadable snapshot); a re-run resumes
     <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
     <export>/state/members.bin                the export's membership state (shared/state.py)
 """
@@ -81,6 +82,7 @@ class RunPaths:
     plan_rejected = property(lambda self: f"{self.root}/plan-rejected.csv")
     final = property(lambda self: f"{self.root}/final.json")
     report = property(lambda self: f"{self.root}/report.json")
+    failure = property(lambda self: f"{self.root}/failure.json")
     rejected = property(lambda self: f"{self.root}/rejected.csv")
 
     def batch(self, n: int) -> str:

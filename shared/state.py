@@ -42,7 +42,7 @@ class MemberState:
     _key_fp: array | None = None  # 'Q' fingerprints aligned with _keys
 
     def __len__(self) -> int:
-        return len(self.emails)
+        return len(self.fingerprints)
 
     def _index(self) -> None:
         pairs = sorted(zip((email_key(e) for e in self.emails), self.fingerprints, strict=True))

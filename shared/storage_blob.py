@@ -6,6 +6,7 @@ of contract tests against both. Names are ``/``-separated blob names inside a co
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -149,10 +150,8 @@ class BlobObjectStore:
         return self._blob(container, name).exists()
 
     def delete(self, container: str, name: str) -> None:
-        try:
+        with contextlib.suppress(ResourceNotFoundError):
             self._blob(container, name).delete_blob(delete_snapshots="include")
-        except ResourceNotFoundError:
-            pass
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -170,10 +169,8 @@ class BlobObjectStore:
                 raise
             # First write into this container: create it, then try once more. Creating lazily costs one extra
             # request per container instead of one per write.
-            try:
+            with contextlib.suppress(ResourceExistsError):  # another writer created it first
                 self._service.create_container(container)
-            except ResourceExistsError:
-                pass  # another writer created it first
             blob.upload_blob(data, overwrite=overwrite)
 
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
 from .util import IdMaker
 
 STATUSES = ("pending", "inProgress", "finished", "stopped")
+
+# (itemID, request as compact JSON text, responseCode, response): response is a dict for failures and a tuple
+# for successes, (email, contactID) on v3 or (id, email, status) on 2026.
+ItemResult = tuple[str, str, int, Any]
+
+
+def render_result(result: ItemResult) -> dict[str, Any]:
+    item_id, request, code, response = result
+    if isinstance(response, tuple):
+        if len(response) == 2:
+            response = {"email": response[0], "contactID": response[1]}
+        else:
+            response = {"id": response[0], "email": response[1], "status": response[2]}
+    return {"itemID": item_id, "request": json.loads(request), "responseCode": code, "response": response,
+            "status": "finished"}  # fmt: skip
 
 
 class Batch:
@@ -31,8 +47,8 @@ class Batch:
         self.ended: str | None = None
         self.finished_count = 0
         self.errors_count = 0
-        self.errors: list[dict[str, Any]] = []
-        self.responses: list[dict[str, Any]] = []
+        self.errors: list[ItemResult] = []
+        self.responses: list[ItemResult] = []
 
     def render(self, with_items: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -50,8 +66,8 @@ class Batch:
         if self.version != "v3":
             body["origin"] = self.origin
         if with_items:
-            body["errors"] = list(self.errors)
-            body["responses"] = list(self.responses)
+            body["errors"] = [render_result(r) for r in self.errors]
+            body["responses"] = [render_result(r) for r in self.responses]
         return body
 
 

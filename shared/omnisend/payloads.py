@@ -2,7 +2,10 @@
 
 - Welcome messages: ``sendWelcomeMessage`` is false on every identifier unless the export asks for them
   (API 2026-03-15 defaults it to TRUE, so leaving it out would fire welcome automations on import).
-- 2026-03-15, consent mapped     -> channels.email = {status, statusChangedAt: the row's timestamp or now}.
+- 2026-03-15, consent mapped     -> channels.email = {status, statusChangedAt: the row's timestamp}. Without a
+                                    timestamp column the date is OLD_STATUS_DATE: the data then sets the status of
+                                    NEW contacts only. Sending "now" instead would re-subscribe someone who
+                                    unsubscribed in Omnisend after CI last saw them, on every run.
 - 2026-03-15, nonSubscribed      -> no channels at all: Omnisend creates new contacts as nonSubscribed and never
                                     touches an existing contact's status.
 - 2026-03-15, other new status   -> that status with statusChangedAt = OLD_STATUS_DATE, so an existing contact's
@@ -10,7 +13,8 @@
 - v3 (channels required on every identifier, schema default "subscribed": never leave it implicit)
                                  -> channels.email = {status, statusDate}: the mapped consent and its timestamp,
                                     else new_contact_status with OLD_STATUS_DATE (an older date never overrides a
-                                    newer one, so existing contacts keep their status). Phone: channels.sms alike.
+                                    newer one, so existing contacts keep their status). Phone: channels.sms is always
+                                    nonSubscribed with OLD_STATUS_DATE: email consent is not SMS consent.
 
 This runs once per contact (a million times in the benchmark): plain dict literals, no per-call validation.
 """
@@ -18,7 +22,6 @@ This runs once per contact (a million times in the benchmark): plain dict litera
 from __future__ import annotations
 
 import json
-import time
 
 from shared.contacts import Contact
 from shared.exports import ExportDefinition
@@ -29,10 +32,6 @@ from shared.omnisend.limits import API_2026, API_V3
 OLD_STATUS_DATE = "1970-01-01T00:00:00Z"
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def build_contact_payload(contact: Contact, export: ExportDefinition, api_version: str) -> dict:
@@ -47,18 +46,18 @@ def build_contact_payload(contact: Contact, export: ExportDefinition, api_versio
     if api_version == API_2026:
         if consent is not None:
             email_id["channels"] = {
-                "email": {"status": consent, "statusChangedAt": contact.consent_changed_at or _now()}
+                "email": {"status": consent, "statusChangedAt": contact.consent_changed_at or OLD_STATUS_DATE}
             }
         elif export.new_contact_status != "nonSubscribed":
             email_id["channels"] = {"email": {"status": export.new_contact_status, "statusChangedAt": OLD_STATUS_DATE}}
     elif api_version == API_V3:
         if consent is not None:
-            channel = {"status": consent, "statusDate": contact.consent_changed_at or _now()}
+            channel = {"status": consent, "statusDate": contact.consent_changed_at or OLD_STATUS_DATE}
         else:
             channel = {"status": export.new_contact_status, "statusDate": OLD_STATUS_DATE}
         email_id["channels"] = {"email": channel}
         if phone_id is not None:
-            phone_id["channels"] = {"sms": dict(channel)}
+            phone_id["channels"] = {"sms": {"status": "nonSubscribed", "statusDate": OLD_STATUS_DATE}}
     else:
         raise ValueError(f"unknown Omnisend API version {api_version!r}")
 

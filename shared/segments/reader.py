@@ -70,6 +70,13 @@ def header_difference(found: list[str], expected: tuple[str, ...]) -> str:
     return "no difference"
 
 
+def _bad_count(ncols: int, fields: list[str], line: int, last_line: int) -> str:
+    reason = f"expected {ncols} fields, found {len(fields)}"
+    if last_line > line:  # a quote opened and never closed swallows the following lines into one field
+        reason += f" (the record runs from line {line} to {last_line}: check for an unbalanced quote)"
+    return reason
+
+
 def locate_bad_utf8(store: ObjectStore, container: str, name: str) -> str:
     """Find the first byte that is not UTF-8: 'line L, byte offset O (0xNN)'. Streams; error path only."""
     offset = 0  # bytes of the file fully decoded so far
@@ -177,7 +184,7 @@ def read_rows(
                     if len(fields) == ncols:
                         yield SourceRow(file, line, fields)
                     else:
-                        yield BadRow(file, line, f"expected {ncols} fields, found {len(fields)}")
+                        yield BadRow(file, line, _bad_count(ncols, fields, line, prev))
                     break
                 # The hot loop, one block of rows between progress callbacks.
                 while True:
@@ -188,7 +195,7 @@ def read_rows(
                         if len(fields) == ncols:
                             yield SourceRow(file, line, fields)
                         elif fields:  # a completely empty line counts nothing
-                            yield BadRow(file, line, f"expected {ncols} fields, found {len(fields)}")
+                            yield BadRow(file, line, _bad_count(ncols, fields, line, prev))
                     if prev == block_start:  # the block read nothing: end of the partition
                         break
                     if progress is not None:

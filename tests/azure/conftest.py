@@ -16,7 +16,11 @@ if str(REPO) not in sys.path:
 from azure.storage.blob import BlobServiceClient  # noqa: E402
 from azure.storage.queue import QueueServiceClient  # noqa: E402
 
-from tests.azure.azurite_support import azurite, unique_name  # noqa: E402, F401 - azurite is a fixture
+from tests.azure import azurite_support  # noqa: E402
+
+# The session fixture lives in azurite_support so tests/unit can use it too; registered here for tests/azure.
+azurite = azurite_support.azurite
+unique_name = azurite_support.unique_name
 
 
 @pytest.fixture

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import inspect
 import json
 import re
@@ -285,10 +286,8 @@ class HostStandIn:
 
     def _poison(self, fn: _QueueFunction, client: QueueClient, message: Any) -> None:
         poison = self.queue_client(fn.queue + POISON_SUFFIX, fn.connection)
-        try:
+        with contextlib.suppress(ResourceExistsError):
             poison.create_queue()
-        except ResourceExistsError:
-            pass
         poison.send_message(message.content)  # copied unchanged (still encoded), as the host does
         client.delete_message(message.id, message.pop_receipt)
 

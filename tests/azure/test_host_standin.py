@@ -16,8 +16,10 @@ from shared.queues import StageQueues
 from tests.azure.host_standin import HostStandIn, UnsupportedBinding
 
 # visibilityTimeout 0: a failed message is visible again at once, so retries need no waiting.
-FAST_RETRY_HOST = {"version": "2.0", "extensions": {"queues": {"batchSize": 4, "maxDequeueCount": 3,
-                                                               "visibilityTimeout": "00:00:00"}}}
+FAST_RETRY_HOST = {
+    "version": "2.0",
+    "extensions": {"queues": {"batchSize": 4, "maxDequeueCount": 3, "visibilityTimeout": "00:00:00"}},
+}
 
 
 def flaky_app(queue: str, failures: int, seen: list[func.QueueMessage]) -> func.FunctionApp:

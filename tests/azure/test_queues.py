@@ -71,8 +71,14 @@ def test_stage_message_round_trips_with_extra_fields_and_counts_attempts():
 
     parsed = StageMessage.parse(encode_message(message.retried().to_dict()))
 
-    assert parsed.to_dict() == {"v": 1, "export": "vip", "runId": "20261129T0605Z-ab12", "batch": 17,
-                                "attempt": 1, "stage": "send"}
+    assert parsed.to_dict() == {
+        "v": 1,
+        "export": "vip",
+        "runId": "20261129T0605Z-ab12",
+        "batch": 17,
+        "attempt": 1,
+        "stage": "send",
+    }
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,6 @@ SIM_KEY = "test-key"
 @pytest.fixture
 def simulator():
     """A started simulator with short batch processing; reconfigure it per test with ``simulator.configure(...)``."""
-    sim = Simulator(SimConfig(api_keys=(SIM_KEY,), batch_delay=0.05, supported_versions=("2026-03-15",))).start()
+    sim = Simulator(SimConfig(api_keys=(SIM_KEY,), batch_delay=0.05)).start()
     yield sim
     sim.stop()

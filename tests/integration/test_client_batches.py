@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from shared.omnisend import MISSING_STATUS, OmnisendClient, Pacer
 
@@ -60,3 +61,13 @@ def test_untag_removes_only_the_given_tags_from_the_given_contacts(simulator):
     assert wait_until(lambda: simulator.contact("leaver@example.com")["tags"] == ["newsletter"])
     assert simulator.contact("stayer@example.com")["tags"] == ["ci-vip", "newsletter"]
     assert simulator.stats()["requests_by_route"]["DELETE /api/contacts/tags"] == 1
+
+
+def test_one_client_shared_by_threads_counts_every_request(simulator):
+    client = make_client(simulator)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(lambda _: client.create_batch([ITEM]), range(40)))
+
+    assert len(set(ids)) == 40
+    assert client.requests_made == simulator.stats()["requests_total"] == 40

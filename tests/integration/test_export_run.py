@@ -161,3 +161,11 @@ def _first_emails(root, n):
     path = next(root.rglob("VipCustomers_1.csv"))
     with open(path, encoding="utf-8-sig", newline="") as f:
         return [row[3].strip().lower() for _, row in zip(range(n), csv.reader(f), strict=False)]
+
+
+def test_after_a_refused_key_the_same_run_resumes_once_the_key_is_fixed(tmp_path, sim):
+    write_segment(tmp_path, 200, messy=False)
+    with pytest.raises(AuthRejected):
+        export(make_context(tmp_path, sim.base_url, key="wrong-key"))
+    report = export(make_context(tmp_path, sim.base_url))
+    assert report["status"] == "succeeded" and report["sent"] == len(sim.contacts()) == 200

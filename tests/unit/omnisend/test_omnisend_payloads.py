@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from shared.contacts import Contact
@@ -58,14 +56,14 @@ def test_2026_mapped_consent_is_sent_with_its_timestamp():
     }
 
 
-def test_2026_mapped_consent_without_timestamp_is_dated_now():
+def test_2026_mapped_consent_without_timestamp_applies_to_new_contacts_only():
     c = contact(consent_status="subscribed")
 
     payload = build_contact_payload(c, export(consent=CONSENT), "2026-03-15")
 
+    # Dated "now" it would re-subscribe, on every run, someone who unsubscribed in Omnisend since.
     channel = payload["identifiers"][0]["channels"]["email"]
-    assert channel["status"] == "subscribed"
-    assert re.fullmatch(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", channel["statusChangedAt"])
+    assert channel == {"status": "subscribed", "statusChangedAt": OLD_STATUS_DATE}
 
 
 def test_2026_full_contact_with_phone_fields_and_custom_properties():
@@ -125,7 +123,7 @@ def test_v3_default_export_states_nonsubscribed_explicitly_with_the_old_date():
     }
 
 
-def test_v3_mapped_consent_is_sent_with_its_timestamp_on_email_and_sms():
+def test_v3_mapped_consent_is_sent_with_its_timestamp_on_email_only():
     c = contact(phone="+37060012345", consent_status="subscribed", consent_changed_at="2026-10-01T08:30:00Z")
 
     payload = build_contact_payload(c, export(consent=CONSENT), "v3")
@@ -141,18 +139,18 @@ def test_v3_mapped_consent_is_sent_with_its_timestamp_on_email_and_sms():
             "type": "phone",
             "id": "+37060012345",
             "sendWelcomeMessage": False,
-            "channels": {"sms": {"status": "subscribed", "statusDate": "2026-10-01T08:30:00Z"}},
+            "channels": {"sms": {"status": "nonSubscribed", "statusDate": "1970-01-01T00:00:00Z"}},
         },
     ]
 
 
-def test_v3_phone_gets_the_new_contact_status_with_the_old_date():
+def test_v3_phone_is_never_subscribed_to_sms_by_email_settings():
     c = contact(phone="+37060012345")
 
     payload = build_contact_payload(c, export(new_contact_status="subscribed"), "v3")
 
     assert payload["identifiers"][1]["channels"] == {
-        "sms": {"status": "subscribed", "statusDate": "1970-01-01T00:00:00Z"}
+        "sms": {"status": "nonSubscribed", "statusDate": "1970-01-01T00:00:00Z"}
     }
 
 

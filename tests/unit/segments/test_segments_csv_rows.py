@@ -76,3 +76,16 @@ def test_progress_reports_bytes_read_up_to_the_total():
     seen: list[int] = []
     list(read_rows(store, snap, progress=seen.append))
     assert seen == sorted(seen) and seen[-1] == snap.total_bytes
+
+
+def test_an_unbalanced_quote_is_one_bad_row_that_says_which_lines_it_swallowed():
+    rows = rows_of(store_for("unbalanced_quote"), table_source())
+    file = f"{RUN}/VipCustomers_1.csv"
+    assert as_tuples(rows) == [
+        (file, 1, cdm_rows(1)),
+        (
+            file,
+            2,
+            "expected 6 fields, found 2 (the record runs from line 2 to 4: check for an unbalanced quote)",
+        ),
+    ]

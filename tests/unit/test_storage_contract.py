@@ -1,0 +1,152 @@
+"""The ObjectStore contract: LocalObjectStore and BlobObjectStore (on Azurite) behave the same.
+
+One set of tests, parametrised over both stores; the Blob parameters are marked ``azurite``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:  # tests/unit has no __init__.py or conftest: put the repo root on sys.path ourselves
+    sys.path.insert(0, str(REPO))
+
+from azure.storage.blob import BlobServiceClient  # noqa: E402
+
+from shared.storage import LocalObjectStore, NotFound, ObjectStore  # noqa: E402
+from shared.storage_blob import BlobObjectStore  # noqa: E402
+from tests.azure.azurite_support import azurite, unique_name  # noqa: E402, F401 - azurite is a fixture
+
+CREATORS = 8
+
+
+@pytest.fixture(params=["local", pytest.param("blob", marks=pytest.mark.azurite)])
+def store(request, tmp_path) -> ObjectStore:
+    if request.param == "local":
+        return LocalObjectStore(tmp_path)
+    return BlobObjectStore.from_connection_string(request.getfixturevalue("azurite"))
+
+
+@pytest.fixture
+def container(request, store) -> Iterator[str]:
+    """A container name no other test (or earlier run against the same Azurite) uses; removed afterwards."""
+    name = unique_name("contract")
+    yield name
+    if isinstance(store, BlobObjectStore):
+        client = BlobServiceClient.from_connection_string(request.getfixturevalue("azurite")).get_container_client(name)
+        if client.exists():
+            client.delete_container()
+
+
+def test_list_returns_objects_under_the_prefix_sorted_by_name(store, container):
+    for name in ["runs/r2/b.json", "runs/r1/z.json", "runs/r1/a.json", "runs/r10/a.json", "other/x.json"]:
+        store.write(container, name, b"{}")
+
+    listed = list(store.list(container, "runs/r1/"))
+
+    assert [o.name for o in listed] == ["runs/r1/a.json", "runs/r1/z.json"]
+    assert [o.name for o in store.list(container)] == sorted(
+        ["runs/r2/b.json", "runs/r1/z.json", "runs/r1/a.json", "runs/r10/a.json", "other/x.json"]
+    )
+    assert [o.name for o in store.list(container, "runs/r1")] == ["runs/r1/a.json", "runs/r1/z.json", "runs/r10/a.json"]
+
+
+def test_list_reports_size_modification_time_and_etag(store, container):
+    store.write(container, "a.bin", b"12345")
+
+    (listed,) = store.list(container)
+
+    assert (listed.container, listed.name, listed.size) == (container, "a.bin", 5)
+    assert listed.last_modified.tzinfo is not None and listed.etag
+
+
+def test_list_of_a_container_never_written_is_empty(store, container):
+    assert list(store.list(container)) == []
+
+
+def test_open_streams_the_content(store, container):
+    data = b"".join(f"line {i}\n".encode() for i in range(50_000))
+    store.write(container, "segments/vip.csv", data)
+
+    with store.open(container, "segments/vip.csv") as stream:
+        head = stream.read(7)
+        rest = stream.read()
+
+    assert head == b"line 0\n" and head + rest == data
+
+
+def test_write_replaces_and_changes_the_etag(store, container):
+    store.write(container, "state.json", b"old")
+    (before,) = store.list(container)
+
+    store.write(container, "state.json", b"new content")
+
+    (after,) = store.list(container)
+    assert store.read(container, "state.json") == b"new content"
+    assert after.size == len(b"new content") and after.etag != before.etag
+
+
+def test_create_if_absent_twice_creates_once_and_keeps_the_first_content(store, container):
+    assert store.create(container, "runs/r1/done/17.json", b"first") is True
+    assert store.create(container, "runs/r1/done/17.json", b"second") is False
+
+    assert store.read(container, "runs/r1/done/17.json") == b"first"
+
+
+def test_concurrent_create_has_exactly_one_winner(store, container):
+    barrier = threading.Barrier(CREATORS)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def create(i: int) -> None:
+        barrier.wait()  # start together so the creates really race
+        created = store.create(container, "runs/r1/finalised.json", f"writer {i}".encode())
+        with lock:
+            results.append(created)
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(CREATORS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(results) == [False] * (CREATORS - 1) + [True]
+    assert store.read(container, "runs/r1/finalised.json").startswith(b"writer ")
+
+
+def test_missing_object_raises_not_found_naming_it(store, container):
+    store.write(container, "present.json", b"{}")
+
+    with pytest.raises(NotFound, match=r"absent\.json"):
+        store.read(container, "absent.json")
+    with pytest.raises(NotFound, match=r"absent\.json"):
+        store.open(container, "absent.json")
+    with pytest.raises(NotFound):
+        store.read(unique_name("never"), "absent.json")
+
+
+def test_exists_follows_write_and_delete(store, container):
+    assert store.exists(container, "x/y.json") is False
+    store.write(container, "x/y.json", b"{}")
+    assert store.exists(container, "x/y.json") is True
+
+    store.delete(container, "x/y.json")
+
+    assert store.exists(container, "x/y.json") is False
+    assert list(store.list(container, "x/")) == []
+
+
+def test_delete_of_a_missing_object_is_quiet(store, container):
+    store.delete(container, "never-written.json")
+
+    assert store.exists(container, "never-written.json") is False
+
+
+def test_describe_names_container_and_object(store, container):
+    assert container in store.describe(container, "runs/r1/report.json")
+    assert store.describe(container, "runs/r1/report.json").endswith("runs/r1/report.json")
