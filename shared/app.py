@@ -86,5 +86,39 @@ def load_export_definitions(settings: Settings, state_store: ObjectStore | None 
     return load_exports_file(where)
 
 
+# Export definitions are re-read at most this often by a function instance: edits take effect within a
+# minute without a restart, and a burst of queue messages does not read the blob once per message.
+EXPORTS_CACHE_SECONDS = 60.0
+
+
+def build_orchestrator(settings: Settings | None = None, queues=None, stores=None, key_provider=None, clock=None,
+                       **orchestrator_options):
+    """The Functions app's orchestrator: Blob state, Storage queues, and a client that never sleeps on a 429
+    (max_attempts=1: the message is re-enqueued with a delay instead) paced at this instance's budget share."""
+    import time
+
+    from shared.orchestrator import Orchestrator
+
+    settings = settings or Settings.from_env()
+    ctx = build_context(settings, max_attempts=1, requests_per_minute=settings.requests_per_minute_per_instance,
+                        key_provider=key_provider, stores=stores)
+    if clock is not None:
+        ctx.clock = clock
+    if queues is None:
+        from shared.queues import StageQueues
+
+        queues = StageQueues.from_settings(settings)
+    cache: dict[str, object] = {}
+    monotonic = time.monotonic
+
+    def load() -> list[ExportDefinition]:
+        if "at" not in cache or monotonic() - cache["at"] > EXPORTS_CACHE_SECONDS:
+            cache["exports"] = load_export_definitions(settings, ctx.state_store)
+            cache["at"] = monotonic()
+        return cache["exports"]
+
+    return Orchestrator(ctx, queues, load, **orchestrator_options)
+
+
 def to_json(obj: object) -> str:
     return json.dumps(obj, indent=2, ensure_ascii=False)

@@ -177,6 +177,7 @@ class _BatchWriter:
         self.rows: list[list[Any]] = []
         self.size = 0
         self.count = 0
+        self.sizes: list[int] = []  # rows per batch, kept in the manifest
         # Envelope around the items: {"method":"POST","endpoint":"contacts","items":[...]} plus commas.
         self.envelope = 64
 
@@ -194,6 +195,7 @@ class _BatchWriter:
         if not self.bodies:
             return
         self.count += 1
+        self.sizes.append(len(self.bodies))
         if self.paths is not None:
             data = b'{"rows":' + dumps(self.rows) + b',"items":[' + b",".join(self.bodies) + b"]}"
             self.ctx.state_store.write(RUNS, self.paths.batch(self.count), data)
@@ -319,6 +321,7 @@ def plan(
         "unchanged": counts.unchanged,
         "toSend": counts.to_send,
         "batches": counts.batches,
+        "batchSizes": writer.sizes,
         "leavers": counts.leavers,
         "previousMembers": counts.previous_members,
         "droppedFields": dict(counts.dropped_fields),
@@ -461,8 +464,11 @@ def record_batch_failure(ctx: Context, export: str, run_id: str, n: int, reason:
         return False
     try:
         rows = _load_batch(ctx, paths, n)["rows"]
-    except Exception:
-        rows = []
+    except Exception:  # an unreadable batch file must not stop the failure from being recorded
+        # Its rows are unknown, but not their number: count each as failed so every row stays accounted for.
+        sizes = (read_json(ctx.state_store, RUNS, paths.manifest) or {}).get("batchSizes") or []
+        rows = [["", "", "", 0]] * (sizes[n - 1] if n <= len(sizes) else 0)
+        reason = f"{reason} (batch {n}'s file is unreadable, so its rows cannot be named)"
     failures = [_failed_row(row, None, reason) for row in rows]
     created = _write_result(ctx, paths, n, sent=0, failed=failures, requests=0, attempts=0)
     log.error("batch failed export=%s runId=%s batch=%d rows=%d reason=%s", export, run_id, n, len(rows), reason)
@@ -646,6 +652,17 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, A
         return None
     if not ctx.state_store.create(RUNS, paths.final, dumps({"claimedAt": _now_iso(ctx.clock)})):
         return None  # another worker is finalising
+    try:
+        return _finalise_claimed(ctx, export, run_id, paths, manifest, results_list)
+    except BaseException:
+        # Give the claim back so a later call (the next verify message, a re-run) can finalise the run.
+        ctx.state_store.delete(RUNS, paths.final)
+        raise
+
+
+def _finalise_claimed(
+    ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths, manifest: dict[str, Any], results_list: list
+) -> dict[str, Any]:
     started = read_started(ctx, export.name, run_id)
     options = RunOptions(**started["options"])
 

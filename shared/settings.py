@@ -38,6 +38,7 @@ ENV_NAMES = (
     "KEY_VAULT_URL",
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
+    "OMNISEND_PACING_INSTANCES",
 )
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
 # storage is identity-based, the base URL is Omnisend's).
@@ -68,6 +69,13 @@ class Settings:
     key_vault_url: str | None = None
     omnisend_api_key_secret_name: str = DEFAULT_SECRET_NAME
     omnisend_requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE
+    # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
+    # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
+    omnisend_pacing_instances: int = 1
+
+    @property
+    def requests_per_minute_per_instance(self) -> float:
+        return self.omnisend_requests_per_minute / self.omnisend_pacing_instances
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -105,6 +113,17 @@ class Settings:
                 problems.append(f"OMNISEND_REQUESTS_PER_MINUTE={rpm_text!r}: use a whole number above 0")
                 rpm = DEFAULT_REQUESTS_PER_MINUTE
 
+        instances_text = get("OMNISEND_PACING_INSTANCES")
+        instances = 1
+        if instances_text is not None:
+            try:
+                instances = int(instances_text)
+                if instances <= 0:
+                    raise ValueError
+            except ValueError:
+                problems.append(f"OMNISEND_PACING_INSTANCES={instances_text!r}: use a whole number above 0")
+                instances = 1
+
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
             problems.append(f"OMNISEND_BASE_URL={base_url!r}: use an http(s) URL such as {DEFAULT_BASE_URL}")
@@ -138,6 +157,7 @@ class Settings:
             key_vault_url=kv_url,
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
+            omnisend_pacing_instances=instances,
         )
 
 

@@ -115,7 +115,7 @@ class ContactStore:
             contact.custom.update(props)
 
     def seed(self, spec: dict[str, Any]) -> Contact:
-        """Create or overwrite a contact directly (inspection API), bypassing the status rules."""
+        """Create or update a contact directly (inspection API), bypassing the status rules; tags are merged."""
         email = spec["email"]
         version = spec.get("api_version") or V3
         now = now_iso()
@@ -124,8 +124,10 @@ class ContactStore:
             contact = Contact(spec.get("contact_id") or self._ids.new(), email, spec.get("created_at") or now, version)
             self.by_email[email] = contact
             self.by_id[contact.id] = contact
-        contact.email_status = spec.get("status") or "subscribed"
-        contact.email_date = spec.get("status_date") or now
+        # A new contact defaults to subscribed/now; an existing one keeps its status unless one is given.
+        if spec.get("status") or spec.get("status_date") or contact.email_status is None:
+            contact.email_status = spec.get("status") or contact.email_status or "subscribed"
+            contact.email_date = spec.get("status_date") or now
         if spec.get("tags"):
             merge_tags(contact, spec["tags"])
         if spec.get("fields"):

@@ -183,13 +183,17 @@ class Simulator:
     def seed_contact(
         self,
         email: str,
-        status: str = "subscribed",
+        status: str | None = None,
         status_date: str | None = None,
         tags: list[str] | None = None,
         api_version: str = "v3",
         **extra: Any,
     ) -> dict[str, Any]:
-        """Create a contact directly. ``extra``: phone, fields, custom_properties, contact_id, created_at."""
+        """Create or update a contact directly, bypassing the API rules.
+
+        A new contact defaults to ``subscribed`` dated now; an existing one keeps its status unless ``status`` or
+        ``status_date`` is given. Tags are merged. ``extra``: phone, fields, custom_properties, contact_id, created_at.
+        """
         spec = {"email": email, "status": status, "status_date": status_date, "tags": tags or [],
                 "api_version": api_version, **extra}  # fmt: skip
         return self._core.seed_contacts([spec])[0]

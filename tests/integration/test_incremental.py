@@ -59,7 +59,7 @@ def test_second_run_sends_only_the_changed_contacts(tmp_path, sim):
     assert second["sent"] == len(changed) and 50 < len(changed) < 150
     assert second["unchanged"] == 10_000 - len(changed)
     assert_accounting(second)
-    assert requests_made(sim) - before <= second["batches"] + 2
+    assert requests_made(sim) - before <= second["batches"] + 5  # a POST per batch, a few status polls
 
 
 def test_a_run_with_nothing_changed_sends_nothing(tmp_path, sim):

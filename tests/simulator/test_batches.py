@@ -87,7 +87,7 @@ def test_body_limit_can_be_switched_off(api, sim):
 
 
 def test_batch_goes_pending_then_in_progress_then_finished(api, sim):
-    sim.configure(batch_delay=0.6)
+    sim.configure(batch_delay=1.0)  # 0.5 s in each state: far longer than one poll
     batch_id = api.batch(_items_2026(3)).json()["batchID"]
     seen = [api.get(f"/batches/{batch_id}").json()["status"]]
 

@@ -97,3 +97,13 @@ def test_inspection_requests_are_not_counted(sim):
 def test_unknown_api_route_is_404_in_version_shape(api, v3):
     assert api.get("/segments").json()["type"] == "https://problems.omnisend.com/not-found"
     assert "error" in v3.get("/segments").json()
+
+
+def test_seeding_an_existing_contact_keeps_its_status_and_merges_tags(sim):
+    sim.seed_contact(email="ann@example.com", status="unsubscribed", status_date="2025-01-01T00:00:00Z", tags=["a"])
+
+    sim.seed_contact(email="ann@example.com", tags=["b"])
+
+    contact = sim.contacts()["ann@example.com"]
+    assert (contact["status"], contact["statusDate"]) == ("unsubscribed", "2025-01-01T00:00:00Z")
+    assert contact["tags"] == ["a", "b"]
