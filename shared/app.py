@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 
 from shared import names
 from shared.errors import ConfigError
@@ -14,12 +13,6 @@ from shared.omnisend.client import ApiKeyProvider
 from shared.pipeline import Context
 from shared.settings import Settings
 from shared.storage import NotFound, ObjectStore
-
-
-@dataclass
-class Wiring:
-    context: Context
-    key_provider: ApiKeyProvider | None
 
 
 def make_stores(settings: Settings) -> tuple[ObjectStore, ObjectStore]:

@@ -64,7 +64,7 @@ def run_export(
             f"{manifest['unchanged']:,} unchanged, {manifest['rejected']:,} rejected, "
             f"{manifest['duplicates']:,} duplicates ({manifest['planSeconds']:.1f}s)"
         )
-        _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
+        sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
         report = pipeline.finalise(ctx, export, started.run_id)
     except FailRun as exc:
         pipeline.fail_run(ctx, export.name, started.run_id, exc)
@@ -73,10 +73,12 @@ def run_export(
         progress.close()
     if report is None:  # pragma: no cover - every batch has a result by now
         raise FailRun(f"run {started.run_id} did not finish; run the same command again to resume it")
-    return report
+    return {**report, "sending": sending}
 
 
-def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progress, sleep) -> None:
+def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progress, sleep) -> dict[str, Any]:
+    """Submit every unsent batch and poll until each has a result. Returns how the sending phase used the
+    budget: seconds from the first to the last submission and the requests made in between (polls included)."""
     paths = RunPaths(export, run_id)
     done, attempts = pipeline._run_listing(ctx, paths)
     pending = {n for n in attempts if n not in done}
@@ -90,9 +92,14 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
         progress.sending(len(done), len(done) + len(pending), total,
                          ctx.client.requests_made - requests0, t0, rpm, force)
 
+    sending: dict[str, Any] = {"seconds": 0.0, "requests": 0, "batches": len(to_send)}
+    send_t0, send_r0 = time.perf_counter(), ctx.client.requests_made if to_send else 0
     with ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="send") as pool:
         futures: dict[Future, int] = {pool.submit(_send_one, ctx, export, run_id, n, sleep): n for n in to_send}
         while futures or pending:
+            if to_send and not futures and not sending["seconds"]:
+                sending["seconds"] = time.perf_counter() - send_t0
+                sending["requests"] = ctx.client.requests_made - send_r0
             if futures:
                 finished, _ = wait(list(futures), timeout=POLL_INTERVAL_SECONDS, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -121,7 +128,11 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                     pending.discard(n)
                     done.add(n)
             show()
+    if to_send and not sending["seconds"]:
+        sending["seconds"] = time.perf_counter() - send_t0
+        sending["requests"] = ctx.client.requests_made - send_r0
     show(force=True)
+    return sending
 
 
 def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:

@@ -71,6 +71,10 @@ class StaticKeyProvider:
         return "StaticKeyProvider(key=***)"
 
 
+# Refresh requests within this many seconds of a refresh read share it (concurrent 401s after a rotation).
+REFRESH_COALESCE_SECONDS = 2.0
+
+
 class KeyVaultKeyProvider:
     """Reads the key from Key Vault with the real ``SecretClient`` and caches it for ``ttl_seconds``.
 
@@ -102,15 +106,22 @@ class KeyVaultKeyProvider:
         self._lock = threading.Lock()
         self._value: str | None = None
         self._read_at = 0.0
+        self._refreshed_at: float | None = None
 
     def __repr__(self) -> str:
         return f"KeyVaultKeyProvider(vault_url={self.vault_url!r}, secret_name={self.secret_name!r})"
 
     def get(self, refresh: bool = False) -> str:
         with self._lock:
-            if refresh or self._value is None or self._clock() - self._read_at >= self._ttl:
+            now = self._clock()
+            # Several threads refused with the old key ask to refresh at once: one fresh read serves them all.
+            coalesced = (refresh and self._refreshed_at is not None
+                         and now - self._refreshed_at < REFRESH_COALESCE_SECONDS)
+            if (refresh and not coalesced) or self._value is None or now - self._read_at >= self._ttl:
                 self._value = self._read()
                 self._read_at = self._clock()
+                if refresh:
+                    self._refreshed_at = self._read_at
             return self._value
 
     def _secret_client(self) -> SecretClient:

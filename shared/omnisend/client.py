@@ -157,8 +157,14 @@ class OmnisendClient:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._counter_lock = threading.Lock()
+        self._per_thread = threading.local()
         self.requests_made = 0
         self.responses_429 = 0
+
+    @property
+    def thread_requests(self) -> int:
+        """Requests made by the calling thread: what one stage call cost, even while other threads send."""
+        return getattr(self._per_thread, "count", 0)
 
     # ---- public API -------------------------------------------------------------------------------------------
 
@@ -303,6 +309,8 @@ class OmnisendClient:
         return headers
 
     def _count(self, is_429: bool = False) -> None:
+        if not is_429:
+            self._per_thread.count = getattr(self._per_thread, "count", 0) + 1
         with self._counter_lock:
             if is_429:
                 self.responses_429 += 1

@@ -3,20 +3,13 @@ so tests never share a container or queue and can run in any order, twice, or ag
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueServiceClient
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from azure.storage.blob import BlobServiceClient  # noqa: E402
-from azure.storage.queue import QueueServiceClient  # noqa: E402
-
-from tests.azure import azurite_support  # noqa: E402
+from tests.azure import azurite_support
 
 # The session fixture lives in azurite_support so tests/unit can use it too; registered here for tests/azure.
 azurite = azurite_support.azurite

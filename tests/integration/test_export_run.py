@@ -53,6 +53,12 @@ def test_clean_run_delivers_every_valid_contact(tmp_path, sim):
     assert all(c["tags"] == ["ci-vip"] for c in contacts.values())
 
 
+def test_the_report_counts_exactly_the_requests_omnisend_received(tmp_path, sim):
+    write_segment(tmp_path, 2_000, messy=False)
+    report = export(make_context(tmp_path, sim.base_url))
+    assert report["requests"] == stats(sim)["requests_total"]
+
+
 def test_every_row_not_sent_is_in_rejected_csv_with_its_reason(tmp_path, sim):
     write_segment(tmp_path, 300)
     ctx = make_context(tmp_path, sim.base_url)

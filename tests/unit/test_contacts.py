@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # tests/unit has no __init__.py or conftest: put the repo root on sys.path ourselves
-    sys.path.insert(0, str(REPO))
-
-from shared.contacts import (  # noqa: E402
+from shared.contacts import (
     COUNTRY_CODES,
     Contact,
     ContactMapper,
     email_key,
     fingerprint,
 )
-from shared.errors import ConfigError, RejectRow  # noqa: E402
-from shared.exports import ExportDefinition, load_exports, load_exports_file  # noqa: E402
-from shared.logs import event, mask_email  # noqa: E402
+from shared.errors import ConfigError, RejectRow
+from shared.exports import ExportDefinition, load_exports, load_exports_file
+from shared.logs import event, mask_email
 
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "exports"
 
 # Snapshot columns used by most tests: the row helper fills them by name.

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # tests/unit has no __init__.py or conftest: put the repo root on sys.path ourselves
-    sys.path.insert(0, str(REPO))
-
-from shared.errors import ConfigError, FailRun  # noqa: E402
-from shared.exports import (  # noqa: E402
+from shared.errors import ConfigError, FailRun
+from shared.exports import (
     ConsentMapping,
     ExportDefinition,
     ExportNotRunnable,
@@ -24,6 +19,7 @@ from shared.exports import (  # noqa: E402
     load_exports_file,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures" / "exports"
 
 

@@ -2,29 +2,22 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from azure.core.credentials import AccessToken
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # tests/unit has no __init__.py or conftest: put the repo root on sys.path ourselves
-    sys.path.insert(0, str(REPO))
-
-from azure.core.credentials import AccessToken  # noqa: E402
-
-from devtools.keyvault_fake import KeyVaultFake  # noqa: E402
-from shared.errors import ConfigError, FailRun  # noqa: E402
-from shared.secrets import (  # noqa: E402
+from devtools.keyvault_fake import KeyVaultFake
+from shared.errors import ConfigError, FailRun
+from shared.secrets import (
     KEY_CACHE_TTL,
     ApiKeyUnavailable,
     KeyVaultKeyProvider,
     StaticKeyProvider,
     key_provider_from_settings,
 )
-from shared.settings import Settings  # noqa: E402
+from shared.settings import Settings
 
 SECRET = "omnisend-api-key"
 KEY_V1 = "key-v1-0123456789abcdef"

@@ -5,22 +5,15 @@ One set of tests, parametrised over both stores; the Blob parameters are marked 
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from azure.storage.blob import BlobServiceClient
 
-REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # tests/unit has no __init__.py or conftest: put the repo root on sys.path ourselves
-    sys.path.insert(0, str(REPO))
-
-from azure.storage.blob import BlobServiceClient  # noqa: E402
-
-from shared.storage import LocalObjectStore, NotFound, ObjectStore  # noqa: E402
-from shared.storage_blob import BlobObjectStore  # noqa: E402
-from tests.azure.azurite_support import azurite, unique_name  # noqa: E402, F401 - azurite is a fixture
+from shared.storage import LocalObjectStore, NotFound, ObjectStore
+from shared.storage_blob import BlobObjectStore
+from tests.azure.azurite_support import azurite, unique_name  # noqa: F401 - azurite is a fixture
 
 CREATORS = 8
 

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[3]
-if str(REPO) not in sys.path:  # `.venv/bin/pytest tests/unit/segments` does not put the repo root on sys.path
-    sys.path.insert(0, str(REPO))
-
 FIXTURES = REPO / "tests" / "fixtures" / "segments"
 
 

@@ -1,0 +1,191 @@
+"""Benchmarks for the speed and memory targets. Not tests: run by hand, numbers go to the README.
+
+    python -m bench plan          # plan 1M rows: seconds and peak RSS        (targets ≤ 10 s, ≤ 512 MB)
+    python -m bench e2e           # ≥ 100k contacts through the simulator:   requests/batch ≤ 1.03,
+                                  #   budget used while sending ≥ 0.95, 429 share ≤ 0.5 %
+    python -m bench incremental   # 1M exported, then 1% changed: requests ≤ 2% of the full export's,
+                                  #   planning ≤ 10 s and ≤ 512 MB with the diff, state bytes per contact
+    python -m bench all
+
+Each measured step runs in its own process (bench/child.py) so that its peak RSS is its own; the simulator runs
+in another process. Generated data is cached in bench/out/ (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from devtools import sample_data
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+KEY = "bench-key"
+
+
+def _machine() -> str:
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu or platform.processor()}), {mem:.0f} GiB, Python {platform.python_version()}"
+
+
+def _segment(name: str, rows: int, **kw) -> Path:
+    root = OUT / name
+    marker = root / f".rows-{rows}-{json.dumps(kw, sort_keys=True)}"
+    if not marker.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"generating {rows:,} rows in {root} ...", file=sys.stderr)
+        sample_data.write_export(root, rows, **kw)
+        marker.touch()
+    return root
+
+
+def _child(step: str, root: Path, base_url: str = "http://127.0.0.1:9", rpm: int = 400) -> dict:
+    done = subprocess.run([sys.executable, "-m", "bench.child", step, str(root), base_url, str(rpm)], cwd=REPO,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench step {step} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+class SimProcess:
+    def __init__(self, rpm: int, batch_delay: float) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "devtools.omnisend_sim", "--port", str(self.port), "--key", KEY,
+             "--rpm", str(rpm), "--batch-delay", str(batch_delay)],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.base_url + "/_sim/state?contacts=0", timeout=1)
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise SystemExit("the simulator did not start")
+
+    def stats(self) -> dict:
+        return requests.get(self.base_url + "/_sim/state?contacts=0", timeout=60).json()["stats"]
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
+
+
+def bench_plan(rows: int) -> dict:
+    root = _segment("plan", rows, partitions=4)
+    shutil.rmtree(root / "exporter-runs", ignore_errors=True)
+    result = _child("plan", root)
+    return {
+        "rows": result["rows"],
+        "planSeconds": round(result["seconds"], 2),
+        "rowsPerSecond": round(result["rows"] / result["seconds"]),
+        "peakRssMB": round(result["peakRssMB"]),
+        "batches": result["batches"],
+    }
+
+
+def bench_e2e(rows: int, rpm: int) -> dict:
+    root = _segment("e2e", rows, messy=False)
+    shutil.rmtree(root / "exporter-runs", ignore_errors=True)
+    # The simulator enforces the same limit the client paces at: any burst above it shows up as 429s.
+    sim = SimProcess(rpm=rpm, batch_delay=1.0)
+    try:
+        result = _child("run", root, sim.base_url, rpm)
+        stats = sim.stats()
+    finally:
+        sim.stop()
+    report = result["report"]
+    sending = report["sending"]
+    return {
+        "contacts": report["sent"],
+        "batches": report["batches"],
+        "requests": report["requests"],
+        "requestsPerBatch": round(report["requests"] / report["batches"], 4),
+        "budgetRequestsPerMinute": rpm,
+        "sendingSeconds": round(sending["seconds"], 1),
+        "budgetUsedWhileSending": round(sending["requests"] / (sending["seconds"] * rpm / 60), 3),
+        "responses429": stats["responses_429"],
+        "share429": round(stats["responses_429"] / max(1, stats["requests_total"]), 5),
+        "totalSeconds": round(result["seconds"], 1),
+        "peakRssMB": round(result["peakRssMB"]),
+        "status": report["status"],
+    }
+
+
+def bench_incremental(rows: int, rpm: int) -> dict:
+    root = OUT / "incremental"
+    shutil.rmtree(root, ignore_errors=True)
+    sample_data.write_export(root, rows, messy=False, run="2026/11/27/0205")
+    sim = SimProcess(rpm=rpm, batch_delay=0.5)
+    try:
+        full = _child("run", root, sim.base_url, rpm)
+        sample_data.write_export(root, rows, messy=False, run="2026/11/28/0205", changed_fraction=0.01)
+        planned = _child("plan", root, sim.base_url, rpm)
+        incremental = _child("run", root, sim.base_url, rpm)
+    finally:
+        sim.stop()
+    f, i = full["report"], incremental["report"]
+    return {
+        "rows": rows,
+        "fullRequests": f["requests"],
+        "fullSeconds": round(full["seconds"], 1),
+        "changed": i["sent"],
+        "incrementalRequests": i["requests"],
+        "requestsShareOfFull": round(i["requests"] / f["requests"], 4),
+        "planSecondsWithDiff": round(planned["seconds"], 2),
+        "planPeakRssMBWithDiff": round(planned["peakRssMB"]),
+        "stateBytes": i["stateBytes"],
+        "stateBytesPerContact": round(i["stateBytes"] / i["stateMembers"], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("which", choices=["plan", "e2e", "incremental", "all"], nargs="?", default="all")
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows for plan and incremental (1M)")
+    parser.add_argument("--e2e-rows", type=int, default=100_000, help="contacts for the end-to-end run (100k)")
+    parser.add_argument("--rpm", type=int, default=3_000,
+                        help="raised rate limit for the end-to-end run (simulator and client alike)")
+    parser.add_argument("--incremental-rpm", type=int, default=60_000, help="budget for the 1M incremental runs")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": _machine(), "date": time.strftime("%Y-%m-%d")}
+    if args.which in ("plan", "all"):
+        results["plan"] = bench_plan(args.rows)
+        print(json.dumps({"plan": results["plan"]}), flush=True)
+    if args.which in ("e2e", "all"):
+        results["e2e"] = bench_e2e(args.e2e_rows, args.rpm)
+        print(json.dumps({"e2e": results["e2e"]}), flush=True)
+    if args.which in ("incremental", "all"):
+        results["incremental"] = bench_incremental(args.rows, args.incremental_rpm)
+        print(json.dumps({"incremental": results["incremental"]}), flush=True)
+    path = OUT / f"results-{args.which}.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    print(f"written to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
