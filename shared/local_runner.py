@@ -13,6 +13,7 @@ from typing import Any
 from shared import pipeline
 from shared.errors import FailRun, RetryLater
 from shared.exports import ExportDefinition
+from shared.names import RUNS_CONTAINER
 from shared.progress import Progress
 from shared.runs import RunPaths
 
@@ -54,6 +55,8 @@ def run_export(
         return {**report, "alreadyExported": True}
     if not started.created:
         progress.note(f"resuming run {started.run_id}: batches already confirmed are not sent again")
+        # It may have stopped (bad key, unreadable snapshot): it is running again.
+        ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, started.run_id).failure)
     try:
         manifest = pipeline.plan(
             ctx, export, started.run_id,

@@ -186,6 +186,8 @@ class Orchestrator:
         export, run_id = message.export, message.run_id
         first, last = message.batch, int(message.extra["last"])
         rounds = int(message.extra.get("round", 0))
+        if self._stopped(RunPaths(export, run_id)):
+            return None  # stopped (bad key): starting the run again queues fresh verify messages
         try:
             outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)))
         except RetryLater as exc:

@@ -149,8 +149,6 @@ def start_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> St
     }
     created = ctx.state_store.create(RUNS, paths.started, dumps(started))
     finished = (not created) and ctx.state_store.exists(RUNS, paths.report)
-    if not created and not finished:
-        ctx.state_store.delete(RUNS, paths.failure)  # resuming a run that stopped: it is running again
     log.info(
         "run start export=%s runId=%s snapshot=%s created=%s finished=%s",
         export.name, run_id, snapshot.snapshot_id, created, finished,
@@ -578,6 +576,7 @@ def verify(ctx: Context, export: str, run_id: str, batches: list[int] | None = N
     if not latest:
         return outcome
     client = ctx.client
+    t0 = time.perf_counter()
     before = client.thread_requests
     statuses = client.batch_statuses([m["batchId"] for _, m in latest.values()])
     poll_requests = _requests_delta(ctx, before)
@@ -592,6 +591,11 @@ def verify(ctx: Context, export: str, run_id: str, batches: list[int] | None = N
         (outcome.done if finished else outcome.pending).append(n)
     if poll_requests:
         ctx.state_store.write(RUNS, f"{paths.root}/polls/{uuid.uuid4().hex}.json", dumps({"requests": poll_requests}))
+    log.info(
+        "verify export=%s runId=%s checked=%d done=%d pending=%d unsent=%d seconds=%.2f",
+        export, run_id, len(latest), len(outcome.done), len(outcome.pending), len(outcome.unsent),
+        time.perf_counter() - t0,
+    )
     return outcome
 
 

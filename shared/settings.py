@@ -102,27 +102,17 @@ class Settings:
         if version not in API_VERSIONS:
             problems.append(f"OMNISEND_API_VERSION={version!r}: use one of {', '.join(API_VERSIONS)}")
 
-        rpm_text = get("OMNISEND_REQUESTS_PER_MINUTE")
-        rpm = DEFAULT_REQUESTS_PER_MINUTE
-        if rpm_text is not None:
-            try:
-                rpm = int(rpm_text)
-                if rpm <= 0:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"OMNISEND_REQUESTS_PER_MINUTE={rpm_text!r}: use a whole number above 0")
-                rpm = DEFAULT_REQUESTS_PER_MINUTE
+        def positive_int(name: str, default: int) -> int:
+            text = get(name)
+            if text is None:
+                return default
+            if text.isdigit() and int(text) > 0:
+                return int(text)
+            problems.append(f"{name}={text!r}: use a whole number above 0")
+            return default
 
-        instances_text = get("OMNISEND_PACING_INSTANCES")
-        instances = 1
-        if instances_text is not None:
-            try:
-                instances = int(instances_text)
-                if instances <= 0:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"OMNISEND_PACING_INSTANCES={instances_text!r}: use a whole number above 0")
-                instances = 1
+        rpm = positive_int("OMNISEND_REQUESTS_PER_MINUTE", DEFAULT_REQUESTS_PER_MINUTE)
+        instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
 
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not base_url.startswith(("http://", "https://")):

@@ -69,7 +69,7 @@ def host(azurite):
 
 class Flow:
     def __init__(self, tmp_path: Path, sim: Simulator, azurite: str, host: HostStandIn,
-                 duplicate: bool = False) -> None:
+                 duplicate: bool = False, key_provider=None) -> None:
         self.sim = sim
         self.host = host
         self.export = f"vip-{uuid.uuid4().hex[:8]}"
@@ -98,7 +98,7 @@ class Flow:
         queues = StageQueues.from_connection_string(azurite)
         function_app._orchestrator = build_orchestrator(
             settings, queues=DuplicatingQueues(queues) if duplicate else queues,
-            key_provider=StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,))
+            key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,))
 
     def _ensure(self, container: str) -> None:
         client = self.blobs.get_container_client(container)
@@ -257,3 +257,34 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
     http = [b for fn in ("start_export_run", "get_export_run", "list_exports") for b in functions[fn]
             if b["type"] == "httpTrigger"]
     assert {b["authLevel"] for b in http} == {"FUNCTION"}
+
+
+class SwitchableKey:
+    """The key source as an operator sees it: wrong at first, fixed later (a fake of the Key Vault boundary)."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def get(self, refresh: bool = False) -> str:
+        return self.key
+
+
+def test_a_refused_key_stops_the_run_and_starting_it_again_resumes_it(tmp_path, omnisend, azurite, host):
+    omnisend.reset()
+    key = SwitchableKey("wrong-key")
+    flow = Flow(tmp_path, omnisend, azurite, host, key_provider=key)
+    try:
+        run_id = json.loads(flow.start().get_body())["runId"]
+        flow.run_to_end()
+        stopped = flow.status(run_id)
+        assert stopped["stage"] == "stopped" and "refused the API key" in stopped["message"]
+        requests_while_stopped = omnisend.state()["stats"]["requests_total"]
+        assert requests_while_stopped <= 2 * 4  # a few sends found out, the rest did not knock again
+        key.key = KEY
+        resumed = json.loads(flow.start().get_body())
+        assert resumed["runId"] == run_id and resumed["status"] == "resumed"
+        flow.run_to_end()
+        report = flow.status(run_id)["report"]
+        assert report["status"] == "succeeded" and report["sent"] == len(omnisend.contacts()) == 1_000
+    finally:
+        function_app._orchestrator = None

@@ -1,0 +1,46 @@
+"""The per-export membership state: compact, exact round trip, and the fast keys planning uses agree with it."""
+
+from __future__ import annotations
+
+from hashlib import blake2b
+
+import pytest
+
+from shared.contacts import email_key, fingerprint
+from shared.pipeline import _key_of
+from shared.state import MemberState, StateCorrupt, decode_state, encode_state
+
+
+def test_round_trip_keeps_every_email_and_fingerprint():
+    entries = [(f"user.{i}@example.com", i * 7919) for i in range(1000)]
+    state = decode_state(encode_state(entries), "test")
+    assert sorted(zip(state.emails, state.fingerprints, strict=True)) == sorted(entries)
+
+
+def test_lookup_by_email_key_finds_the_fingerprint():
+    state = decode_state(encode_state([("a@example.com", 11), ("b@example.com", 22)]), "test")
+    assert state.fingerprint_of(email_key("b@example.com")) == 22
+    assert state.fingerprint_of(email_key("c@example.com")) is None
+
+
+def test_an_empty_state_round_trips():
+    state = decode_state(encode_state([]), "test")
+    assert len(state) == 0 and state.fingerprint_of(1) is None
+
+
+def test_length_survives_dropping_the_emails():
+    state = decode_state(encode_state([("a@example.com", 1)]), "test")
+    state.drop_emails()
+    assert len(state) == 1 and state.fingerprint_of(email_key("a@example.com")) == 1
+
+
+def test_a_corrupt_state_says_how_to_rebuild_it():
+    with pytest.raises(StateCorrupt, match="--full-resync"):
+        decode_state(b"CIOSTATE1\nnot zlib", "members.bin")
+
+
+def test_planning_keys_match_the_state_keys():
+    assert _key_of("anna@example.com") == email_key("anna@example.com")
+    assert MemberState.empty().fingerprint_of(_key_of("x@example.com")) is None
+    body = b'{"a":1}'
+    assert fingerprint(body) == int.from_bytes(blake2b(body, digest_size=8).digest(), "big")  # inlined in planning
