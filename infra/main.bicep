@@ -41,10 +41,10 @@ param instanceMemoryMB int = 2048
 // Flex applies this cap to each per-function scale group. The app passes it on as OMNISEND_PACING_INSTANCES and each
 // process paces at OMNISEND_REQUESTS_PER_MINUTE / maximumInstanceCount: more instances never add Omnisend traffic,
 // but a group only reaches the full budget when all its instances run, so 1 gives the full rate on one instance.
-// The arithmetic is in docs/readme/deploy.md ("Scale and the Omnisend budget").
+// The arithmetic is in docs/deploy.md ("Scale and the Omnisend budget").
 @minValue(1)
 @maxValue(1000)
-@description('Flex maximumInstanceCount (per function scale group); also OMNISEND_PACING_INSTANCES. See docs/readme/deploy.md.')
+@description('Flex maximumInstanceCount (per function scale group); also OMNISEND_PACING_INSTANCES. See docs/deploy.md.')
 param maximumInstanceCount int = 1
 
 @description('Name of the Key Vault secret that holds the Omnisend API key (the value is set after deployment, never here).')
@@ -417,7 +417,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     OMNISEND_API_VERSION: omnisendApiVersion
     OMNISEND_REQUESTS_PER_MINUTE: string(omnisendRequestsPerMinute)
     // Each process paces at OMNISEND_REQUESTS_PER_MINUTE / this, so a scale group stays inside the budget however
-    // far it scales. Flex caps each per-function group separately; docs/readme/deploy.md has the whole arithmetic.
+    // far it scales. Flex caps each per-function group separately; docs/deploy.md has the whole arithmetic.
     OMNISEND_PACING_INSTANCES: string(maximumInstanceCount)
   }
   dependsOn: [

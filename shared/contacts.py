@@ -5,7 +5,7 @@ or raises ``RejectRow``. Only the email can reject a row; any other value Omnise
 contact and named in ``Contact.dropped``, so one bad birthdate does not cost a whole contact.
 
 ``map()`` runs once per input row (a million per big run), so everything that can be decided per snapshot is done in
-``__init__``: column indexes, compiled regexes, lookup tables. Rules for users: docs/readme/exports.md.
+``__init__``: column indexes, compiled regexes, lookup tables. Rules for users: docs/exports.md.
 """
 
 from __future__ import annotations

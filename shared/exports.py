@@ -3,7 +3,7 @@
 Contract: ARCHITECTURE §3. Loaded from a JSON file ({"exports": [...]}) and validated as a whole: every problem
 is reported at once, with where it is. Unknown keys are errors, not ignored.
 
-Format, defaults and rules for users: docs/readme/exports.md.
+Format, defaults and rules for users: docs/exports.md.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ def _parser() -> argparse.ArgumentParser:
             "Local Omnisend API simulator on 127.0.0.1. Serves the v3 API under /v3 (X-API-KEY) and the "
             "2026-03-15 API under /api (Authorization: Omnisend-API-Key <key> + Omnisend-Version). "
             "Inspect and steer it with GET /_sim/state, POST /_sim/config, POST /_sim/reset, POST /_sim/contacts. "
-            "See docs/readme/simulator.md."
+            "See docs/simulator.md."
         ),
     )
     parser.add_argument("--port", type=int, default=8787, help="port on 127.0.0.1 (0 = any free port; default 8787)")

@@ -1,4 +1,4 @@
-"""Omnisend API client: payloads per API version, pacing, retries, typed errors. See docs/readme/omnisend-client.md."""
+"""Omnisend API client: payloads per API version, pacing, retries, typed errors. See docs/omnisend-client.md."""
 
 from shared.omnisend.client import (
     MISSING_STATUS,

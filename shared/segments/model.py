@@ -1,4 +1,4 @@
-"""The values the segment readers hand to the rest of the product (contract: see docs/readme/segments.md)."""
+"""The values the segment readers hand to the rest of the product (contract: see docs/segments.md)."""
 
 from __future__ import annotations
 

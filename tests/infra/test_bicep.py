@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "infra" / "main.bicep"
 CI_READER_MODULE = REPO / "infra" / "modules" / "ci-export-reader.bicep"
 PARAMETERS_FILE = REPO / "infra" / "main.parameters.json"
-DEPLOY_DOC = REPO / "docs" / "readme" / "deploy.md"
+DEPLOY_DOC = REPO / "docs" / "deploy.md"
 
 # Built-in Azure role definition ids (the same in every tenant).
 STORAGE_BLOB_DATA_OWNER = "b7e6dc6d-f1e8-4753-8033-0f276bb0955b"
