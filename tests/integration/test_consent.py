@@ -8,22 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from devtools.omnisend_sim import SimConfig, Simulator
-from tests.integration.exporting import KEY, export, load_export, make_context, write_segment
+from tests.integration.exporting import export, load_export, make_context, write_segment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "consent"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with Simulator(SimConfig(api_keys=(KEY,), batch_delay=0.01, requests_per_minute=1_000_000)) as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(server):
-    server.reset()
-    return server
 
 
 def first_emails(root: Path, n: int) -> list[str]:

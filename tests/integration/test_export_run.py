@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from devtools.omnisend_sim import SimConfig, Simulator
 from shared.errors import AuthRejected
 from shared.pipeline import RunOptions, plan, send_batch, start_run
 from tests.integration.exporting import (
-    KEY,
     assert_accounting,
     export,
     load_export,
@@ -16,20 +14,6 @@ from tests.integration.exporting import (
     rejected_rows,
     write_segment,
 )
-
-
-@pytest.fixture(scope="module")
-def server():
-    with Simulator(SimConfig(api_keys=(KEY,), batch_delay=0.02, requests_per_minute=1_000_000,
-                             tags_requests_per_minute=1_000_000)) as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(server):
-    server.reset()
-    server.configure(error_5xx_rate=0.0, drop_rate=0.0, burst_429=0, item_fail={}, item_fail_times=None)
-    return server
 
 
 def stats(sim) -> dict:

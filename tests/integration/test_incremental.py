@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from devtools.omnisend_sim import SimConfig, Simulator
 from shared.names import RUNS_CONTAINER
 from shared.pipeline import RunOptions, plan, send_batch, start_run
 from shared.state import load_state, state_name
-from tests.integration.exporting import KEY, assert_accounting, export, load_export, make_context, write_segment
+from tests.integration.exporting import assert_accounting, export, load_export, make_context, write_segment
 
 FIRST_RUN = "2026/11/27/0205"
 SECOND_RUN = "2026/11/28/0205"
 THIRD_RUN = "2026/11/29/0205"
 
 
-@pytest.fixture(scope="module")
-def server():
-    with Simulator(SimConfig(api_keys=(KEY,), batch_delay=0.01, requests_per_minute=1_000_000,
-                             tags_requests_per_minute=1_000_000)) as sim:
-        yield sim
-
-
-@pytest.fixture
-def sim(server):
-    server.reset()
-    return server
 
 
 def requests_made(sim) -> int:
