@@ -64,7 +64,8 @@ class Progress:
     def sending(self, done: int, submitted: int, total: int, requests: int, started: float, rpm: int,
                 force: bool = False) -> None:
         elapsed = time.monotonic() - started
-        rate = requests / elapsed * 60 if elapsed > 1 else 0.0
+        # A rate over less than a second of sending says nothing yet.
+        rate_text = f"{requests / elapsed * 60:,.0f} req/min" if elapsed > 1 else "— req/min"
         remaining = total - submitted
         eta = remaining * 60.0 / rpm
         width = 24
@@ -72,7 +73,7 @@ class Progress:
         bar = "#" * filled + "-" * (width - filled)
         self._emit(
             f"[{bar}] batches {done:,}/{total:,} confirmed, {submitted:,} sent  "
-            f"{rate:,.0f} req/min (budget {rpm})  ETA {_duration(eta)}",
+            f"{rate_text} (budget {rpm})  ETA {_duration(eta)}",
             force,
         )
 
