@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import struct
+import sys
 import threading
 import time
 import uuid
@@ -57,9 +59,8 @@ RUNS = names.RUNS_CONTAINER
 # at most this many attempts in all; then they count as failed and the next run retries them (they are not
 # written to the state).
 MAX_BATCH_ATTEMPTS = 3
-# Batch files are written by this many threads while planning goes on, at most WRITE_AHEAD waiting in memory
-# (100 batches of ~30 KB: a few MB).
-BATCH_WRITE_THREADS = 4
+# With a remote store (Blob), batch files are written by the store's ``parallel_writes`` threads while planning goes
+# on, at most WRITE_AHEAD waiting in memory (100 batches of ~30 KB: a few MB).
 WRITE_AHEAD = 100
 # Dry-run reports show this many sample payloads (emails masked).
 DRY_RUN_SAMPLES = 5
@@ -194,12 +195,12 @@ class _BatchWriter:
         self.size = 0
         self.count = 0
         self.sizes: list[int] = []  # rows per batch, kept in the manifest
-        # Level 1: these lines are read once, at finalise; level 6 cost more CPU than the rest of a row's planning.
-        self._changes = zlib.compressobj(1)
         self._change_parts: list[bytes] = []
-        # Creating a file or blob costs about a millisecond of waiting (10,000 batches: ~10 s): a few threads
-        # write while planning goes on, with at most WRITE_AHEAD batches held in memory.
-        self._pool = ThreadPoolExecutor(BATCH_WRITE_THREADS, thread_name_prefix="batch-write")
+        # An upload waits ~10 ms on the network (10,000 batches: minutes), so remote stores get writer threads.
+        # A local file takes ~0.2 ms, mostly CPU: threads there only fight the planning loop for the GIL and did
+        # not make planning 1M rows any faster (25-37 s either way on the 2-core dev VM, whose speed varies).
+        self._threads = getattr(ctx.state_store, "parallel_writes", 0)
+        self._pool = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="batch-write")
         self._slots = threading.BoundedSemaphore(WRITE_AHEAD)
         self._writes: list[Future] = []
 
@@ -218,10 +219,12 @@ class _BatchWriter:
         self.sizes.append(len(self.bodies))
         if self.paths is not None:
             data = b'{"rows":' + _encode_payload(self.rows) + b',"items":[' + b",".join(self.bodies) + b"]}"
-            self._slots.acquire()
-            self._writes.append(self._pool.submit(self._write, self.paths.batch(n), data))
-            lines = "".join([f"{r[2]}\t{r[3]:x}\t{n}\n" for r in self.rows])
-            self._change_parts.append(self._changes.compress(lines.encode()))
+            if self._threads:
+                self._slots.acquire()
+                self._writes.append(self._pool.submit(self._write, self.paths.batch(n), data))
+            else:
+                self.ctx.state_store.write(RUNS, self.paths.batch(n), data)
+            self._change_parts.append(_change_block(n, self.rows))
         self.bodies, self.rows, self.size = [], [], 0
 
     def _write(self, name: str, data: bytes) -> None:
@@ -238,8 +241,43 @@ class _BatchWriter:
         self._writes.clear()
 
     def changes(self) -> bytes:
-        """changes.bin: zlib of "email<TAB>fingerprint-hex<TAB>batch" lines, one per planned contact."""
-        return b"".join([*self._change_parts, self._changes.flush()])
+        """changes.bin: one block per batch (see _change_block)."""
+        return b"".join(self._change_parts)
+
+
+# changes.bin holds, per batch: uint32 batch, uint32 count, count × uint64 fingerprint, uint32 byte length, the
+# emails "\n"-joined (UTF-8). Built from whole lists in C, it costs next to nothing per row; compressing it cost
+# more CPU than any other step of planning, for a file read once (at finalise).
+_BLOCK_HEAD = struct.Struct("<II")
+_LENGTH = struct.Struct("<I")
+
+
+def _change_block(batch: int, rows: list[tuple[str, int, str, int]]) -> bytes:
+    emails = "\n".join([r[2] for r in rows]).encode()
+    fps = array("Q", [r[3] for r in rows])
+    if sys.byteorder != "little":  # pragma: no cover
+        fps.byteswap()
+    return _BLOCK_HEAD.pack(batch, len(rows)) + fps.tobytes() + _LENGTH.pack(len(emails)) + emails
+
+
+def _read_changes(data: bytes) -> list[tuple[str, int, int]]:
+    """(email, fingerprint, batch) for every planned contact, from changes.bin."""
+    out: list[tuple[str, int, int]] = []
+    pos = 0
+    while pos < len(data):
+        batch, count = _BLOCK_HEAD.unpack_from(data, pos)
+        pos += _BLOCK_HEAD.size
+        fps = array("Q")
+        fps.frombytes(data[pos : pos + 8 * count])
+        if sys.byteorder != "little":  # pragma: no cover
+            fps.byteswap()
+        pos += 8 * count
+        (length,) = _LENGTH.unpack_from(data, pos)
+        pos += _LENGTH.size
+        emails = data[pos : pos + length].decode("utf-8").split("\n")
+        pos += length
+        out.extend(zip(emails, fps, [batch] * count, strict=True))
+    return out
 
 
 @contextmanager
@@ -689,14 +727,6 @@ def _attempt_emails(ctx: Context, paths: RunPaths, n: int, k: int, batch: dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- finalise
-
-
-def _read_changes(data: bytes) -> list[tuple[str, int, int]]:
-    out = []
-    for line in zlib.decompress(data).decode("utf-8").splitlines():
-        email, fp, batch = line.split("\t")
-        out.append((email, int(fp, 16), int(batch)))
-    return out
 
 
 def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, Any] | None:

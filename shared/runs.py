@@ -6,7 +6,7 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/started.json        created when the run starts (options, snapshot)
     <export>/runs/<runId>/manifest.json       created once by PLAN: counts and the number of batches
     <export>/runs/<runId>/batches/<n>.json    the contact payloads of batch n, with their source rows
-    <export>/runs/<runId>/changes.bin         email + fingerprint of every planned contact, for the new state
+    <export>/runs/<runId>/changes.bin         email + fingerprint + batch of every contact to send, for the new state
     <export>/runs/<runId>/planned-keys.bin    keys of every valid contact in the snapshot, to find leavers
     <export>/runs/<runId>/plan-rejected.csv   rows rejected or deduplicated while planning
     <export>/runs/<runId>/sent/<n>.a<k>.json   attempt k of batch n was submitted: Omnisend's batchID

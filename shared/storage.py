@@ -56,6 +56,9 @@ class ObjectStore(Protocol):
 class LocalObjectStore:
     """A folder with one sub-folder per container (``LOCAL_STORAGE_ROOT``, default ``.data``)."""
 
+    # Writing a file is quick and mostly CPU: callers should not add writer threads (see pipeline._BatchWriter).
+    parallel_writes = 0
+
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 

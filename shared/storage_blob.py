@@ -64,6 +64,9 @@ class _ChunkStream(io.RawIOBase):
 class BlobObjectStore:
     """One storage account's Blob service; containers are created on the first write into them."""
 
+    # Each upload mostly waits on the network: writers of many blobs (planning's batch files) use this many threads.
+    parallel_writes = 8
+
     def __init__(self, service: BlobServiceClient) -> None:
         self._service = service
 
