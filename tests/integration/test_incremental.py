@@ -172,3 +172,14 @@ def _emails(root):
     path = next(root.rglob("VipCustomers_1.csv"))
     with open(path, encoding="utf-8", newline="") as f:
         return [row[3] for row in csv.reader(f)]
+
+
+def test_an_empty_snapshot_untags_nobody(tmp_path, sim):
+    write_segment(tmp_path, 200, messy=False, run=FIRST_RUN)
+    ctx = make_context(tmp_path, sim.base_url)
+    export(ctx)
+    write_segment(tmp_path, 0, messy=False, run=SECOND_RUN)
+    report = export(ctx)
+    assert report["rows"] == 0 and report["leavers"] == 200
+    assert report["status"] == "held" and report["untagged"] == 0
+    assert sum("ci-vip" in c["tags"] for c in sim.contacts().values()) == 200
