@@ -97,12 +97,17 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
 
     sending: dict[str, Any] = {"seconds": 0.0, "requests": 0, "batches": len(to_send)}
     send_t0, send_r0 = time.perf_counter(), ctx.client.requests_made if to_send else 0
+
+    def sending_ended() -> None:
+        """Record the sending phase once, when the last submission is done."""
+        if to_send and not sending["seconds"]:
+            sending["seconds"] = time.perf_counter() - send_t0
+            sending["requests"] = ctx.client.requests_made - send_r0
     with ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="send") as pool:
         futures: dict[Future, int] = {pool.submit(_send_one, ctx, export, run_id, n, sleep): n for n in to_send}
         while futures or pending:
-            if to_send and not futures and not sending["seconds"]:
-                sending["seconds"] = time.perf_counter() - send_t0
-                sending["requests"] = ctx.client.requests_made - send_r0
+            if not futures:
+                sending_ended()
             if futures:
                 finished, _ = wait(list(futures), timeout=POLL_INTERVAL_SECONDS, return_when=FIRST_COMPLETED)
                 for fut in finished:
@@ -131,9 +136,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                     pending.discard(n)
                     done.add(n)
             show()
-    if to_send and not sending["seconds"]:
-        sending["seconds"] = time.perf_counter() - send_t0
-        sending["requests"] = ctx.client.requests_made - send_r0
+    sending_ended()
     show(force=True)
     return sending
 

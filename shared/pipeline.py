@@ -35,7 +35,6 @@ from shared.logs import mask_email
 from shared.omnisend import API_LIMITS, OmnisendClient, build_contact_payload
 from shared.omnisend.errors import BatchRejected, UntagNotSupported
 from shared.runs import (
-    REJECTED_COLUMNS,
     RunPaths,
     check_accounting,
     derive_run_id,
@@ -323,11 +322,9 @@ def _plan_rows(
     previous = state.fingerprint_of if len(state) and not full_resync else None
     rows = rejected = duplicates = unchanged = to_send = 0
     dropped_fields = counts.dropped_fields
-    row_count = [0]
-
     def track(n: int) -> None:
         if progress:
-            progress(row_count[0] + rows, n)
+            progress(rows, n)
 
     for row in read_rows(ctx.source_store, snapshot, progress=track if progress else None):
         rows += 1
@@ -940,7 +937,6 @@ def list_runs(ctx: Context, export: str) -> list[dict[str, Any]]:
 
 
 __all__ = [
-    "REJECTED_COLUMNS",
     "Context",
     "RunOptions",
     "StartedRun",

@@ -58,6 +58,16 @@ def write_segment(root: Path, rows: int, **kw: Any) -> None:
     sample_data.write_export(root, rows, **kw)
 
 
+def segment_emails(root: Path, n: int | None = None) -> list[str]:
+    """The email cells of the first partition write_segment made, in file order (the first ``n`` of them)."""
+    import csv
+    from itertools import islice
+
+    path = next(root.rglob(f"{sample_data.TABLE}_1.csv"))
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        return [row[3].strip().lower() for row in islice(csv.reader(f), n)]
+
+
 def export(ctx: Context, export_def=None, **options: Any) -> dict[str, Any]:
     return run_export(ctx, export_def or load_export(), RunOptions(**options), sleep=lambda s: None)
 

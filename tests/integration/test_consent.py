@@ -8,25 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.exporting import export, load_export, make_context, write_segment
+from tests.integration.exporting import export, load_export, make_context, segment_emails, write_segment
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "consent"
 
 
 
 
-def first_emails(root: Path, n: int) -> list[str]:
-    import csv
-
-    path = next(root.rglob("VipCustomers_1.csv"))
-    with open(path, encoding="utf-8", newline="") as f:
-        return [row[3] for _, row in zip(range(n), csv.reader(f), strict=False)]
-
 
 @pytest.mark.parametrize("version", ["2026-03-15", "v3"])
 def test_existing_contacts_keep_their_status_and_nobody_is_welcomed(tmp_path, sim, version):
     write_segment(tmp_path, 200, messy=False)
-    unsubscribed, subscribed = first_emails(tmp_path, 2)
+    unsubscribed, subscribed = segment_emails(tmp_path, 2)
     sim.seed_contact(email=unsubscribed, status="unsubscribed", status_date="2025-06-01T00:00:00Z",
                      api_version=version)
     sim.seed_contact(email=subscribed, status="subscribed", status_date="2025-06-01T00:00:00Z", api_version=version)

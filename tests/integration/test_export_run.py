@@ -12,6 +12,7 @@ from tests.integration.exporting import (
     load_export,
     make_context,
     rejected_rows,
+    segment_emails,
     write_segment,
 )
 
@@ -92,7 +93,7 @@ def test_injected_5xx_and_dropped_connections_lose_nothing(tmp_path, sim):
 
 def test_a_permanently_refused_item_is_reported_with_omnisends_answer(tmp_path, sim):
     write_segment(tmp_path, 100, messy=False)
-    victim = _first_emails(tmp_path, 1)[0]
+    victim = segment_emails(tmp_path, 1)[0]
     sim.configure(item_fail={victim: 400})
     ctx = make_context(tmp_path, sim.base_url)
     report = export(ctx, load_export())
@@ -107,7 +108,7 @@ def test_a_permanently_refused_item_is_reported_with_omnisends_answer(tmp_path, 
 def test_a_retryable_item_failure_is_resubmitted_and_delivered(tmp_path, sim):
     write_segment(tmp_path, 100, messy=False)
     ctx = make_context(tmp_path, sim.base_url)
-    emails = _first_emails(tmp_path, 2)
+    emails = segment_emails(tmp_path, 2)
     sim.configure(item_fail={emails[0]: 500, emails[1]: 503}, item_fail_times=1)
     report = export(ctx)
     assert report["status"] == "succeeded" and report["failed"] == 0
@@ -144,13 +145,6 @@ def test_v3_run_uses_1000_item_batches(tmp_path, sim):
     assert posts_to_batches(sim, "v3") == 2
     assert len(sim.contacts()) == 1500
 
-
-def _first_emails(root, n):
-    import csv
-
-    path = next(root.rglob("VipCustomers_1.csv"))
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        return [row[3].strip().lower() for _, row in zip(range(n), csv.reader(f), strict=False)]
 
 
 def test_after_a_refused_key_the_same_run_resumes_once_the_key_is_fixed(tmp_path, sim):

@@ -7,13 +7,30 @@ import time
 from shared.names import RUNS_CONTAINER
 from shared.pipeline import RunOptions, plan, send_batch, start_run
 from shared.state import load_state, state_name
-from tests.integration.exporting import assert_accounting, export, load_export, make_context, write_segment
+from tests.integration.exporting import (
+    assert_accounting,
+    export,
+    load_export,
+    make_context,
+    segment_emails,
+    write_segment,
+)
 
 FIRST_RUN = "2026/11/27/0205"
 SECOND_RUN = "2026/11/28/0205"
 THIRD_RUN = "2026/11/29/0205"
 
 
+
+
+def exported_then_new_snapshot(tmp_path, sim, rows: int, api_version: str = "2026-03-15",
+                               second_rows: int | None = None, **changes):
+    """``rows`` contacts exported from a first snapshot, then a second snapshot written with ``changes``."""
+    write_segment(tmp_path, rows, messy=False, run=FIRST_RUN)
+    ctx = make_context(tmp_path, sim.base_url, api_version=api_version)
+    first = export(ctx)
+    write_segment(tmp_path, rows if second_rows is None else second_rows, messy=False, run=SECOND_RUN, **changes)
+    return ctx, first
 
 
 def requests_made(sim) -> int:
@@ -34,10 +51,7 @@ def wait_for(condition, seconds: float = 5.0) -> None:
 
 
 def test_second_run_sends_only_the_changed_contacts(tmp_path, sim):
-    write_segment(tmp_path, 10_000, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url)
-    first = export(ctx)
-    write_segment(tmp_path, 10_000, messy=False, run=SECOND_RUN, changed_fraction=0.01)
+    ctx, first = exported_then_new_snapshot(tmp_path, sim, 10_000, changed_fraction=0.01)
     before = requests_made(sim)
     second = export(ctx)
     changed = [c for c in sim.contacts().values() if c["customProperties"].get("loyalty_tier") == "diamond"]
@@ -49,10 +63,7 @@ def test_second_run_sends_only_the_changed_contacts(tmp_path, sim):
 
 
 def test_a_run_with_nothing_changed_sends_nothing(tmp_path, sim):
-    write_segment(tmp_path, 2_000, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url)
-    export(ctx)
-    write_segment(tmp_path, 2_000, messy=False, run=SECOND_RUN)
+    ctx, _ = exported_then_new_snapshot(tmp_path, sim, 2_000)
     before = requests_made(sim)
     report = export(ctx)
     assert report["sent"] == 0 and report["unchanged"] == 2_000
@@ -83,10 +94,7 @@ def test_leavers_are_untagged_and_keep_their_other_tags(tmp_path, sim):
 
 
 def test_a_much_smaller_snapshot_holds_the_untag_step(tmp_path, sim):
-    write_segment(tmp_path, 1_000, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url)
-    export(ctx)
-    write_segment(tmp_path, 1_000, messy=False, run=SECOND_RUN, drop_fraction=0.5)
+    ctx, _ = exported_then_new_snapshot(tmp_path, sim, 1_000, drop_fraction=0.5)
     report = export(ctx)
     assert report["status"] == "held" and report["untagged"] == 0
     assert "--allow-mass-exit" in report["message"]
@@ -94,10 +102,7 @@ def test_a_much_smaller_snapshot_holds_the_untag_step(tmp_path, sim):
 
 
 def test_allow_mass_exit_untags_after_the_guard_held(tmp_path, sim):
-    write_segment(tmp_path, 1_000, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url)
-    export(ctx)
-    write_segment(tmp_path, 1_000, messy=False, run=SECOND_RUN, drop_fraction=0.5)
+    ctx, _ = exported_then_new_snapshot(tmp_path, sim, 1_000, drop_fraction=0.5)
     held = export(ctx)
     confirmed = export(ctx, allow_mass_exit=True)
     assert confirmed["status"] == "succeeded" and confirmed["untagged"] == held["leavers"]
@@ -141,7 +146,7 @@ def test_a_crash_does_not_advance_the_state_and_the_next_run_completes_it(tmp_pa
 def test_failed_contacts_are_left_out_of_the_state_and_retried_next_time(tmp_path, sim):
     write_segment(tmp_path, 300, messy=False, run=FIRST_RUN)
     ctx = make_context(tmp_path, sim.base_url)
-    victim = sorted(_emails(tmp_path))[0]
+    victim = sorted(segment_emails(tmp_path))[0]
     sim.configure(item_fail={victim: 400})
     first = export(ctx)
     sim.configure(item_fail={})
@@ -151,10 +156,7 @@ def test_failed_contacts_are_left_out_of_the_state_and_retried_next_time(tmp_pat
 
 
 def test_v3_counts_leavers_without_untagging(tmp_path, sim):
-    write_segment(tmp_path, 500, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url, api_version="v3")
-    export(ctx)
-    write_segment(tmp_path, 500, messy=False, run=SECOND_RUN, drop_fraction=0.1)
+    ctx, _ = exported_then_new_snapshot(tmp_path, sim, 500, api_version="v3", drop_fraction=0.1)
     report = export(ctx)
     assert report["leavers"] > 0 and report["untagged"] == 0
     assert "v3 has no untag endpoint" in report["message"]
@@ -166,19 +168,9 @@ def test_state_stays_under_32_bytes_per_contact(tmp_path, sim):
     assert report["stateBytes"] / report["stateMembers"] <= 32
 
 
-def _emails(root):
-    import csv
-
-    path = next(root.rglob("VipCustomers_1.csv"))
-    with open(path, encoding="utf-8", newline="") as f:
-        return [row[3] for row in csv.reader(f)]
-
 
 def test_an_empty_snapshot_untags_nobody(tmp_path, sim):
-    write_segment(tmp_path, 200, messy=False, run=FIRST_RUN)
-    ctx = make_context(tmp_path, sim.base_url)
-    export(ctx)
-    write_segment(tmp_path, 0, messy=False, run=SECOND_RUN)
+    ctx, _ = exported_then_new_snapshot(tmp_path, sim, 200, second_rows=0)
     report = export(ctx)
     assert report["rows"] == 0 and report["leavers"] == 200
     assert report["status"] == "held" and report["untagged"] == 0
