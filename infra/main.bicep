@@ -127,7 +127,8 @@ var functionAppResourceName = !empty(functionAppName) ? functionAppName : '${abb
 
 // Container and queue names must match shared/names.py and the bindings in function_app.py (tests/infra checks).
 var deploymentContainerName = 'app-package' // Flex deployment package (written by azd / func publish).
-var runsContainerName = 'exporter-runs' // names.RUNS_CONTAINER: run state, reports, per-export state.
+var runsContainerName = 'exporter-runs' // names.RUNS_CONTAINER: run artifacts (batches, results, reports); may expire.
+var stateContainerName = 'exporter-state' // names.STATE_CONTAINER: per-export membership state; never expires.
 var configContainerName = 'exporter-config' // names.CONFIG_CONTAINER: exports.json.
 var exportsConfigBlobName = 'exports.json'
 // names.STAGE_QUEUES, then each with names.POISON_SUFFIX. Poison queues are created up front so their
@@ -235,6 +236,14 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
 resource runsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: runsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+resource stateContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: stateContainerName
   properties: {
     publicAccess: 'None'
   }

@@ -4,8 +4,12 @@ Queue names are literal here because the Functions host reads them from the bind
 tests assert that function_app.py's bindings, these constants and infra/main.bicep agree.
 """
 
-# Blob container holding run state (manifests, batches, results, reports) and per-export state.
+# Blob container holding run artifacts (manifests, batches, results, reports): <export>/runs/<runId>/...
+# Everything in it may expire (RUN_RETENTION_DAYS / a storage lifecycle rule on the whole container).
 RUNS_CONTAINER = "exporter-runs"
+# Blob container holding each export's membership state (<export>/members.bin). Kept apart from the runs so that
+# a lifecycle rule expiring run artifacts can never match it; it must never expire.
+STATE_CONTAINER = "exporter-state"
 # Blob container for the export definitions in Azure (EXPORTS_CONFIG=blob:exporter-config/exports.json).
 CONFIG_CONTAINER = "exporter-config"
 # Prefix of EXPORTS_CONFIG values that name a blob ("blob:<container>/<name>") instead of a local file.

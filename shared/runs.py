@@ -16,7 +16,9 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/report.json         the run report (ARCHITECTURE §3)
     <export>/runs/<runId>/failure.json        why the run stopped (bad key, unreadable snapshot); a re-run resumes
     <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
-    <export>/state/members.bin                the export's membership state (shared/state.py)
+
+The export's membership state is not here: it lives in ``names.STATE_CONTAINER`` (shared/state.py), so run
+artifacts can expire without ever touching it.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ The next run sends only contacts whose payload fingerprint changed (issue: incre
 leavers (in the state, not in the new snapshot). It is written only when a run finalises, and only with
 contacts that were delivered (or unchanged), so a contact that failed is retried next time.
 
-File format (``<export>/state/members.bin`` in the runs container), chosen to stay small for 1M contacts:
+File format (``<export>/members.bin`` in ``names.STATE_CONTAINER``), chosen to stay small for 1M contacts:
     b"CIOSTATE1\\n" + zlib( uint32 count | count × uint64 fingerprint (LE) | emails sorted, "\\n"-joined, UTF-8 )
 Sorted emails share prefixes and domains, so zlib brings them to roughly a third of their size; the
 fingerprints are random and stay 8 bytes each. ``bytes_per_contact`` reports what a given state reaches.
@@ -19,6 +19,7 @@ from bisect import bisect_left
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from shared import names
 from shared.contacts import email_key
 from shared.errors import FailRun
 from shared.storage import NotFound, ObjectStore
@@ -102,21 +103,32 @@ def decode_state(data: bytes, where: str) -> MemberState:
     return MemberState(emails, fps)
 
 
+STATE = names.STATE_CONTAINER
+
+
 def state_name(export: str) -> str:
+    return f"{export}/members.bin"
+
+
+def _legacy_state_name(export: str) -> str:
+    """Where states were kept before they moved out of the runs container (read once, removed on the next save)."""
     return f"{export}/state/members.bin"
 
 
-def load_state(store: ObjectStore, container: str, export: str) -> MemberState:
-    name = state_name(export)
-    try:
-        data = store.read(container, name)
-    except NotFound:
-        return MemberState.empty()
-    return decode_state(data, store.describe(container, name))
+def load_state(store: ObjectStore, export: str) -> MemberState:
+    for container, name in ((STATE, state_name(export)), (names.RUNS_CONTAINER, _legacy_state_name(export))):
+        try:
+            data = store.read(container, name)
+        except NotFound:
+            continue
+        return decode_state(data, store.describe(container, name))
+    return MemberState.empty()
 
 
-def save_state(store: ObjectStore, container: str, export: str, entries: Iterable[tuple[str, int]]) -> int:
+def save_state(store: ObjectStore, export: str, entries: Iterable[tuple[str, int]]) -> int:
     """Write the state; returns its size in bytes."""
     data = encode_state(entries)
-    store.write(container, state_name(export), data)
+    store.write(STATE, state_name(export), data)
+    if store.exists(names.RUNS_CONTAINER, _legacy_state_name(export)):
+        store.delete(names.RUNS_CONTAINER, _legacy_state_name(export))
     return len(data)

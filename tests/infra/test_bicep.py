@@ -217,7 +217,7 @@ def test_source_blob_service_is_the_external_account_when_named_else_the_app_acc
 
 
 def test_run_state_and_config_containers_exist():
-    assert {names.RUNS_CONTAINER, names.CONFIG_CONTAINER} <= container_names()
+    assert {names.RUNS_CONTAINER, names.STATE_CONTAINER, names.CONFIG_CONTAINER} <= container_names()
 
 
 def test_ci_export_container_is_created_only_without_an_external_account():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from shared.names import RUNS_CONTAINER
+from shared.names import STATE_CONTAINER
 from shared.pipeline import RunOptions, plan, send_batch, start_run
 from shared.state import load_state, state_name
 from tests.integration.exporting import (
@@ -114,12 +114,12 @@ def test_dry_run_makes_no_write_request_and_changes_no_state(tmp_path, sim):
     write_segment(tmp_path, 1_000, messy=False, run=FIRST_RUN)
     ctx = make_context(tmp_path, sim.base_url)
     export(ctx)
-    state_before = ctx.state_store.read(RUNS_CONTAINER, state_name("vip"))
+    state_before = ctx.state_store.read(STATE_CONTAINER, state_name("vip"))
     write_segment(tmp_path, 1_000, messy=False, run=SECOND_RUN, changed_fraction=0.05, drop_fraction=0.05)
     writes_before = writes(sim)
     report = export(ctx, dry_run=True)
     assert writes(sim) == writes_before
-    assert ctx.state_store.read(RUNS_CONTAINER, state_name("vip")) == state_before
+    assert ctx.state_store.read(STATE_CONTAINER, state_name("vip")) == state_before
     assert report["dryRun"] and report["wouldCreateOrUpdate"] > 0 and report["wouldUntag"] == report["leavers"] > 0
     assert len(report["samplePayloads"]) == 5
     assert all("***" in p["identifiers"][0]["id"] for p in report["samplePayloads"])
@@ -130,16 +130,16 @@ def test_a_crash_does_not_advance_the_state_and_the_next_run_completes_it(tmp_pa
     write_segment(tmp_path, 2_000, messy=False, run=FIRST_RUN)
     ctx = make_context(tmp_path, sim.base_url)
     export(ctx)
-    state_before = ctx.state_store.read(RUNS_CONTAINER, state_name("vip"))
+    state_before = ctx.state_store.read(STATE_CONTAINER, state_name("vip"))
     write_segment(tmp_path, 2_000, messy=False, run=SECOND_RUN, changed_fraction=0.2)
     definition = load_export()
     started = start_run(ctx, definition, RunOptions())
     manifest = plan(ctx, definition, started.run_id)
     send_batch(ctx, "vip", started.run_id, 1)  # ...and the process dies here
-    assert ctx.state_store.read(RUNS_CONTAINER, state_name("vip")) == state_before
+    assert ctx.state_store.read(STATE_CONTAINER, state_name("vip")) == state_before
     report = export(make_context(tmp_path, sim.base_url), definition)
     assert report["runId"] == started.run_id and report["sent"] == manifest["toSend"]
-    state = load_state(ctx.state_store, RUNS_CONTAINER, "vip")
+    state = load_state(ctx.state_store, "vip")
     assert len(state) == 2_000
 
 

@@ -44,3 +44,19 @@ def test_planning_keys_match_the_state_keys():
     assert MemberState.empty().fingerprint_of(_key_of("x@example.com")) is None
     body = b'{"a":1}'
     assert fingerprint(body) == int.from_bytes(blake2b(body, digest_size=8).digest(), "big")  # inlined in planning
+
+
+def test_a_state_from_the_old_location_is_read_then_moved_on_save(tmp_path):
+    from shared import names
+    from shared.state import load_state, save_state, state_name
+    from shared.storage import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path)
+    store.write(names.RUNS_CONTAINER, "vip/state/members.bin", encode_state([("a@example.com", 7)]))
+
+    assert load_state(store, "vip").fingerprints.tolist() == [7]
+    save_state(store, "vip", [("a@example.com", 8)])
+
+    assert not store.exists(names.RUNS_CONTAINER, "vip/state/members.bin")
+    assert store.exists(names.STATE_CONTAINER, state_name("vip"))
+    assert load_state(store, "vip").fingerprints.tolist() == [8]

@@ -1,0 +1,36 @@
+"""The four stages of an export run: plan, send, verify, finalise, plus starting a run and reading its status.
+
+Both orchestrators call these and nothing else: the local CLI (shared/local_runner.py, a thread pool) and the
+Azure Functions app (function_app.py, one queue message per batch). Every stage is idempotent: it finds the
+markers an earlier call left (shared/runs.py) and does nothing twice, so redelivered messages, racing workers
+and re-runs after a crash are safe. One module per stage; this package re-exports what callers use.
+"""
+
+from shared.pipeline.context import Context, RunOptions, StartedRun
+from shared.pipeline.finalise import finalise
+from shared.pipeline.plan import _BatchWriter, _key_of, dry_run, plan
+from shared.pipeline.send import record_batch_failure, send_batch
+from shared.pipeline.start import fail_run, read_started, start_run
+from shared.pipeline.status import list_runs, run_status
+from shared.pipeline.verify import VerifyOutcome, _run_listing, verify
+
+__all__ = [
+    "Context",
+    "RunOptions",
+    "StartedRun",
+    "VerifyOutcome",
+    "_BatchWriter",
+    "_key_of",
+    "_run_listing",
+    "dry_run",
+    "fail_run",
+    "finalise",
+    "list_runs",
+    "plan",
+    "read_started",
+    "record_batch_failure",
+    "run_status",
+    "send_batch",
+    "start_run",
+    "verify",
+]
