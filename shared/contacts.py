@@ -11,6 +11,7 @@ contact and named in ``Contact.dropped``, so one bad birthdate does not cost a w
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -45,7 +46,9 @@ MAX_STRING_LENGTH = 2048
 #   - a domain of dot-separated labels of letters, digits and inner hyphens (≤63 each), at least two labels;
 #   - a top-level domain of ≥2 letters (or a punycode "xn--" TLD);
 #   - no spaces, quotes or commas anywhere, and (checked separately) ≤254 characters in total.
-# Not accepted: quoted local parts, IP-literal domains, non-ASCII (internationalised) addresses.
+# Not accepted: quoted local parts, IP-literal domains, non-ASCII (internationalised) addresses. Non-ASCII is refused
+# on the cell as read, before lower-casing: Unicode case rules fold some characters into ASCII letters (the Kelvin
+# sign U+212A lower-cases to "k"), which would turn a bogus address into a different, real person's address.
 MAX_EMAIL_LENGTH = 254
 _ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
@@ -53,8 +56,9 @@ _EMAIL_RE = re.compile(
     rf"(?=[^@]{{1,64}}@){_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
 )
 
-# E.164: "+", a country code not starting with 0, 7-15 digits in all (Omnisend 2026 requires E.164).
-_PHONE_RE = re.compile(r"\+[1-9]\d{6,14}")
+# E.164: "+", a country code not starting with 0, 7-15 digits in all (Omnisend 2026 requires E.164). ASCII digits
+# only: ``\d`` would also accept Arabic-Indic and other Unicode digits, which no phone network dials.
+_PHONE_RE = re.compile(r"\+[1-9][0-9]{6,14}")
 
 _GENDERS = {"m": "m", "f": "f", "male": "m", "female": "f"}
 
@@ -91,6 +95,14 @@ def is_valid_email(email: str) -> bool:
     return len(email) <= MAX_EMAIL_LENGTH and _EMAIL_RE.fullmatch(email) is not None
 
 
+def non_ascii_reason(email: str) -> str:
+    """The rejected.csv reason for an address holding a non-ASCII character: which one, by code point only (the
+    reason must not repeat the address)."""
+    bad = next(c for c in email if not c.isascii())
+    return (f"invalid email address: non-ASCII character U+{ord(bad):04X} ({unicodedata.name(bad, 'unnamed')}); "
+            "internationalised addresses are not supported")
+
+
 def email_key(email: str) -> int:
     """64-bit key of the normalised email, for dedupe and per-export state (unsigned, big-endian blake2b)."""
     return int.from_bytes(blake2b(normalise_email(email).encode(), digest_size=8).digest(), "big")
@@ -102,6 +114,8 @@ def fingerprint(payload_json: bytes) -> int:
 
 
 def clean_country_code(value: str) -> str | None:
+    if not value.isascii():  # "\ufb01" (the fi ligature) upper-cases to "FI": a code nobody wrote
+        return None
     code = value.upper()
     return code if code in COUNTRY_CODES else None
 
@@ -245,9 +259,12 @@ class ContactMapper:
         """The contact in ``fields`` (one row's values, in snapshot column order), or RejectRow."""
         if len(fields) < self._width:
             raise RejectRow(f"row has {len(fields)} values; expected {len(self.columns)}")
-        email = fields[self._email].strip().lower()
+        email = fields[self._email].strip()
         if not email:
             raise RejectRow("email is empty")
+        if not email.isascii():
+            raise RejectRow(non_ascii_reason(email))
+        email = email.lower()
         if len(email) > MAX_EMAIL_LENGTH or _EMAIL_RE.fullmatch(email) is None:
             raise RejectRow("invalid email address")
 

@@ -118,12 +118,27 @@ def read_json(store: ObjectStore, container: str, name: str) -> Any | None:
         return None
 
 
+# A spreadsheet opening rejected.csv runs any cell starting with one of these as a formula (=HYPERLINK(...) can
+# send the neighbouring cells to another host; =cmd|... once ran programs). OWASP "CSV injection": prefix such a
+# cell with an apostrophe so it opens as text. Only this file is changed; what is sent to Omnisend never is.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` as a spreadsheet shows it as text: a string starting with a formula trigger gets a leading ``'``."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
 def rejected_csv(rows: list[dict[str, Any]]) -> bytes:
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=REJECTED_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    # CRLF line ends (RFC 4180, what spreadsheets expect): the csv module quotes a cell only when it holds a
+    # character of the line terminator, so with "\n" alone a bare CR inside a cell went out unquoted and broke the row.
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=REJECTED_COLUMNS, lineterminator="\r\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
-        writer.writerow(row)
+        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
     return out.getvalue().encode("utf-8")
 
 
