@@ -16,14 +16,53 @@ from typing import Any
 
 # Long enough for a validation message listing a few fields; short enough for a log line and a CSV cell.
 MAX_MESSAGE_CHARS = 500
+# Masking reads at most this much of any text (an error body can be megabytes; nothing past the first message
+# lines is evidence anyone reads). The cut is moved back to a separator so that no half address survives unmasked.
+MAX_SCAN_CHARS = 16_384
+# Field errors kept from one body: a few name the problem; thousands would only fill the message.
+MAX_FIELD_ERRORS = 50
 
-# Loose on purpose: the addresses Omnisend quotes back are often the invalid ones ("jane@example", no TLD).
-_EMAIL_RE = re.compile(r"""([^\s'"<>()\[\],;:@])[^\s'"<>()\[\],;:@]*@([^\s'"<>()\[\],;@]*)""")
+# A "word": a run of characters that can belong to an address. Loose on purpose: the addresses Omnisend quotes back
+# are often the invalid ones ("jane@example", no TLD). Scanned word by word, so masking is linear in the text's
+# length (a backtracking email pattern was quadratic: a 40 KB body without separators took 22 s).
+_WORD_RE = re.compile(r"""[^\s'"<>()\[\],;]+""")
+_SEPARATORS = frozenset(" \t\r\n\v\f'\"<>()[],;")
 
 
 def mask_emails(text: str) -> str:
-    """john.doe@example.com -> j***@example.com (and jane@example -> j***@example) wherever it appears."""
-    return _EMAIL_RE.sub(r"\1***@\2", text)
+    """john.doe@example.com -> j***@example.com (and jane@example -> j***@example) wherever it appears.
+
+    Linear time; texts longer than MAX_SCAN_CHARS are cut there (at a separator) and end with "…".
+    """
+    if len(text) > MAX_SCAN_CHARS:
+        cut = MAX_SCAN_CHARS
+        while cut > 0 and text[cut - 1] not in _SEPARATORS:
+            cut -= 1
+        text = text[:cut] + "…"
+    return _WORD_RE.sub(_mask_word, text)
+
+
+def _mask_word(match: re.Match[str]) -> str:
+    """Every ``local@domain`` in one word; the local part stops at ``:`` or ``@`` (``to:jane@x`` -> ``to:j***@x``)."""
+    word = match.group()
+    if "@" not in word:
+        return word
+    out: list[str] = []
+    i = 0
+    while True:
+        at = word.find("@", i)
+        if at < 0:
+            out.append(word[i:])
+            return "".join(out)
+        start = max(word.rfind(":", i, at) + 1, i)
+        if start == at:  # nothing before this @: not an address
+            out.append(word[i : at + 1])
+            i = at + 1
+            continue
+        end = word.find("@", at + 1)
+        end = len(word) if end < 0 else end
+        out.append(word[i:start] + word[start] + "***@" + word[at + 1 : end])
+        i = end
 
 
 @dataclass(frozen=True)
@@ -71,7 +110,7 @@ def _field_errors(body: dict) -> tuple[str, ...]:
     found: list[str] = []
     errors = body.get("errors")  # 2026 ValidationProblem
     if isinstance(errors, list):
-        for err in errors:
+        for err in errors[:MAX_FIELD_ERRORS]:
             if isinstance(err, dict):
                 field_name, msg = _text(err.get("field")), _text(err.get("message")) or _text(err.get("code"))
                 found.append(f"{field_name}: {msg}" if field_name else msg)
@@ -81,16 +120,20 @@ def _field_errors(body: dict) -> tuple[str, ...]:
     if isinstance(fields, dict):
         for msgs in fields.values():
             if isinstance(msgs, list):
-                found.extend(_text(m) for m in msgs)
+                found.extend(_text(m) for m in msgs[:MAX_FIELD_ERRORS])
             else:
                 found.append(_text(msgs))
-    return tuple(f for f in found if f)
+            if len(found) >= MAX_FIELD_ERRORS:
+                break
+    return tuple(f for f in found[:MAX_FIELD_ERRORS] if f)
 
 
 def _text(value: Any) -> str:
+    """A body value as text, at most MAX_SCAN_CHARS of it (str() of a huge nested value is cut, too)."""
     if value is None:
         return ""
-    return value if isinstance(value, str) else str(value)
+    text = value if isinstance(value, str) else repr(value) if isinstance(value, int | float | bool) else "(object)"
+    return text[: MAX_SCAN_CHARS + 1]
 
 
 def _seconds(value: Any) -> float | None:

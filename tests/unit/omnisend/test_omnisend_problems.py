@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
-from shared.omnisend.problems import mask_emails, parse_problem
+import pytest
+
+from shared.omnisend.problems import MAX_FIELD_ERRORS, MAX_MESSAGE_CHARS, MAX_SCAN_CHARS, mask_emails, parse_problem
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "omnisend"
 
@@ -68,3 +71,60 @@ def test_very_long_messages_are_cut():
 
 def test_mask_emails_keeps_the_first_letter_and_the_domain():
     assert mask_emails("contact john.doe+vip@example.co.uk exists") == "contact j***@example.co.uk exists"
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        ("'jane@example' is not a valid email", "'j***@example' is not a valid email"),
+        ("to:jane@example.com", "to:j***@example.com"),
+        ("a@b@c", "a***@b@c"),
+        ("@handle and x@y", "@handle and x***@y"),
+        ("(bob@example.com), [eve@example.org]; <amy@example.net>", "(b***@example.com), [e***@example.org]; "
+         "<a***@example.net>"),
+        ("no address here", "no address here"),
+    ],
+)
+def test_mask_emails_masks_every_address_and_nothing_else(text, masked):
+    assert mask_emails(text) == masked
+
+
+def best_of_three(fn) -> float:
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "a" * 1_000_000,  # one endless word: the old pattern re-scanned it from every position (quadratic)
+        "a" * 999_999 + "@",
+        ("x" * 50 + "@") * 20_000,
+        "jane.doe@example.com " * 50_000,
+    ],
+    ids=["no-separator", "no-separator-then-at", "many-ats", "many-addresses"],
+)
+def test_masking_a_1_mb_body_is_linear_and_capped(body):
+    # A complexity bound, not a speed target: 1 MB took minutes with the backtracking pattern.
+    assert best_of_three(lambda: mask_emails(body)) < 0.05
+    assert len(mask_emails(body)) <= MAX_SCAN_CHARS + 1
+
+
+def test_a_text_cut_at_the_scan_cap_leaves_no_half_address_unmasked():
+    text = "x " * (MAX_SCAN_CHARS // 2 - 3) + "jane.doe@example.com is refused"
+    masked = mask_emails(text)
+    assert masked.endswith("…")
+    assert "jane" not in masked and "ane.doe" not in masked
+
+
+def test_a_huge_error_body_gives_a_short_message_quickly():
+    body = {"title": "Validation failed", "detail": "y" * 1_000_000,
+            "errors": [{"field": f"items[{i}].identifiers[0].id", "message": f"'p{i}@example.com' is invalid"}
+                       for i in range(100_000)]}
+    assert best_of_three(lambda: parse_problem(body, 400).message) < 0.05
+    problem = parse_problem(body, 400)
+    assert len(problem.message) <= MAX_MESSAGE_CHARS and len(problem.field_errors) <= MAX_FIELD_ERRORS
