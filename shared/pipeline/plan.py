@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import struct
 import sys
 import threading
@@ -23,6 +22,7 @@ from shared.errors import RejectRow
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.logs import mask_email
 from shared.omnisend import API_LIMITS, build_contact_payload
+from shared.omnisend.payloads import OLD_STATUS_DATE
 from shared.runs import (
     RunPaths,
     dumps,
@@ -44,8 +44,9 @@ from shared.pipeline.start import read_started
 # With a remote store (Blob), batch files are written by the store's ``parallel_writes`` threads while planning goes
 # on, at most WRITE_AHEAD waiting in memory (100 batches of ~30 KB: a few MB).
 WRITE_AHEAD = 100
-# Dry-run reports show this many sample payloads (emails masked).
+# Dry-run reports show this many sample payloads and rejected rows (every value masked: see _mask_payload).
 DRY_RUN_SAMPLES = 5
+DRY_RUN_REJECTED_SAMPLES = 20
 
 # ---------------------------------------------------------------------------------------------------- plan
 
@@ -356,19 +357,51 @@ def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> dict
         "estimatedSeconds": round(seconds, 1),
         "requestsPerMinute": rpm,
         "samplePayloads": samples,
-        "rejectedSample": rejected[:20],
+        "rejectedSample": [_mask_rejected(r) for r in rejected[:DRY_RUN_REJECTED_SAMPLES]],
         "planSeconds": round(time.perf_counter() - t0, 3),
     }
 
 
+# Dry runs show shapes, not people (ARCHITECTURE §4 rule 11): every value that came from a row is masked, keeping
+# its field name, length and format (letters -> x/X, digits -> 9, punctuation kept: "+370 612" -> "+999 999");
+# emails keep their first character and domain. Values that are the export's own settings stay readable.
+_SETTING_KEYS = frozenset({"type", "status", "sendWelcomeMessage", "tags"})
+
+
+def mask_shape(value: str) -> str:
+    """``"Jane O'Neil"`` -> ``"Xxxx X'Xxxx"``: the length and format of a value, not the value."""
+    return "".join(
+        ("X" if c.isupper() else "x") if c.isalpha() else "9" if c.isdigit() else c for c in value
+    )
+
+
+def _mask_cell(value: str) -> str:
+    """A raw cell as read (it may be an address, or any text)."""
+    masked = mask_email(value)
+    return masked if masked != "***" else mask_shape(value)
+
+
+def _mask_value(value: Any, key: str = "") -> Any:
+    if isinstance(value, dict):
+        return {k: _mask_value(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_value(v, key) for v in value]
+    if not isinstance(value, str) or key in _SETTING_KEYS or value == OLD_STATUS_DATE:
+        return value
+    return mask_shape(value)
+
+
 def _mask_payload(payload: dict[str, Any]) -> dict[str, Any]:
-    masked = json.loads(json.dumps(payload))
+    masked = _mask_value(payload)
     for ident in masked.get("identifiers", []):
         if ident.get("type") == "email":
-            ident["id"] = mask_email(ident["id"])
-        elif ident.get("type") == "phone":
-            ident["id"] = ident["id"][:3] + "***"
+            original = next(i["id"] for i in payload["identifiers"] if i.get("type") == "email")
+            ident["id"] = mask_email(original)
     return masked
+
+
+def _mask_rejected(row: dict[str, Any]) -> dict[str, Any]:
+    return {**row, "email": _mask_cell(row.get("email") or "")}
 
 
 def _mass_exit_tripped(export: ExportDefinition, leavers: int, previous: int, allowed: bool) -> bool:
