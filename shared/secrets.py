@@ -46,9 +46,31 @@ class ApiKeyProvider(Protocol):
         """The current key; ``refresh=True`` bypasses any cache (after Omnisend refused the cached key)."""
 
 
+def key_problem(key: str) -> str | None:
+    """What makes ``key`` unusable in an HTTP header, or None. Names the kind of character and its position only:
+    the message must never carry the key (a CR/LF in a header once printed it in a traceback)."""
+    for position, char in enumerate(key, start=1):
+        if char in "\r\n":
+            return f"holds a line break at character {position}"
+        if char.isspace():
+            return f"holds whitespace at character {position}"
+        if not char.isascii():
+            return f"holds a non-ASCII character at character {position} (U+{ord(char):04X})"
+        if not char.isprintable():
+            return f"holds a control character at character {position} (U+{ord(char):04X})"
+    return None
+
+
 def _check_value(value: str | None, where: str) -> str:
     if value is None or not value.strip():
         raise ApiKeyUnavailable(f"the Omnisend API key in {where} is empty")
+    problem = key_problem(value.strip())
+    if problem:
+        # Leading/trailing whitespace (a newline at the end of a key file) is trimmed; anything inside is refused.
+        raise ApiKeyUnavailable(
+            f"the Omnisend API key in {where} {problem}: an API key is printable ASCII without spaces; "
+            "copy it again from Omnisend (Store settings > API keys)"
+        )
     if value.strip().startswith(KEY_VAULT_REFERENCE_PREFIX):
         raise ApiKeyUnavailable(
             f"the Omnisend API key in {where} is an unresolved Key Vault reference ({KEY_VAULT_REFERENCE_PREFIX}...): "

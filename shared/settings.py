@@ -6,10 +6,12 @@ receives a ``Settings`` (or the pieces it needs) as an argument; nothing else re
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.errors import ConfigError
 
@@ -52,6 +54,53 @@ HOST_SETTINGS = (
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 )
 DEFAULT_EXPORT_SCHEDULE = "0 5 * * * *"  # NCRONTAB, UTC: hourly at minute 5.
+# The API key and every contact go to OMNISEND_BASE_URL, so it may name Omnisend only: https on omnisend.com or a
+# subdomain. Plain http (and any port) is allowed on this machine's loopback only, for the bundled simulator.
+OMNISEND_DOMAIN = "omnisend.com"
+LOOPBACK_NAMES = ("localhost",)
+# Fields of Settings whose value is a secret, or may hold one (an account key, a SAS token): never in a repr.
+_SECRET_FIELDS = frozenset({"omnisend_api_key", "storage_connection_string"})
+_URL_FIELDS = frozenset({"blob_service_uri", "queue_service_uri", "source_blob_service_uri", "key_vault_url"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` may not be OMNISEND_BASE_URL, or None when it may."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"use an https URL such as {DEFAULT_BASE_URL}"
+    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
+        return "a base URL holds no user name, password, query or fragment"
+    if _is_loopback(host):
+        return None  # the simulator on this machine
+    if parts.scheme != "https":
+        return "the API key travels with every request: use https (http is allowed only for 127.0.0.1/localhost)"
+    if host != OMNISEND_DOMAIN and not host.endswith("." + OMNISEND_DOMAIN):
+        return (f"{host} is not an Omnisend host: the API key and contact data may only go to {OMNISEND_DOMAIN} "
+                "(or 127.0.0.1 for the simulator)")
+    return None
+
+
+def _redacted_url(url: str) -> str:
+    """A URL without its query (a SAS token lives there) or user info."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return parts._replace(netloc=netloc, query="***" if parts.query else "", fragment="").geturl()
 
 
 @dataclass(frozen=True)
@@ -72,6 +121,20 @@ class Settings:
     # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
     # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
     omnisend_pacing_instances: int = 1
+
+    def __repr__(self) -> str:
+        """Every setting, secrets and connection strings as ``***`` and URLs without their query string."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None and f.name in _SECRET_FIELDS:
+                value = "***"
+            elif value is not None and f.name in _URL_FIELDS:
+                value = _redacted_url(value)
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    __str__ = __repr__
 
     @property
     def requests_per_minute_per_instance(self) -> float:
@@ -115,8 +178,9 @@ class Settings:
         instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
 
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        if not base_url.startswith(("http://", "https://")):
-            problems.append(f"OMNISEND_BASE_URL={base_url!r}: use an http(s) URL such as {DEFAULT_BASE_URL}")
+        base_problem = base_url_problem(base_url)
+        if base_problem:
+            problems.append(f"OMNISEND_BASE_URL={_redacted_url(base_url)!r}: {base_problem}")
 
         key = get("OMNISEND_API_KEY")
         if key and key.startswith(KEY_VAULT_REFERENCE_PREFIX):

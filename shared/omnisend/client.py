@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import requests
-from requests.adapters import HTTPAdapter
 
 from shared.errors import AuthRejected, RetryLater
 from shared.omnisend.errors import BatchRejected, UnexpectedResponse, UntagNotSupported
@@ -38,11 +37,18 @@ from shared.omnisend.retry import (
     is_retryable_status,
     parse_retry_after_header,
 )
+from shared.omnisend.transport import new_session, request_deadline
+from shared.settings import base_url_problem
 
 log = logging.getLogger(__name__)
 
 # Omnisend's docs advise a ~10 s client timeout (latency spikes happen); the official WordPress client uses 10 s.
+# It bounds the connect and each socket read.
 REQUEST_TIMEOUT_SECONDS = 10.0
+# ...and this bounds the whole request (connect, send, headers, body), which a read timeout alone does not: a server
+# trickling a byte every few seconds never trips it. Three read timeouts: room for a 1 MB batch upload on a slow
+# link and a latency spike, yet a stalled request frees its worker within half a minute.
+REQUEST_DEADLINE_SECONDS = 30.0
 # /contacts/tags is limited to 60 requests/min per brand (not the default 400). Pacing at 90% of it leaves room
 # for clock skew between us and Omnisend's sliding window and for the brand's other integrations.
 TAGS_REQUESTS_PER_MINUTE = 60
@@ -54,9 +60,6 @@ UNTAG_MAX_TAGS = 100
 BATCH_LIST_PAGE_SIZE = 250
 # Status given to a batch Omnisend does not know (404): deleted after its 7-day retention, or never created.
 MISSING_STATUS = "missing"
-# Connections kept open per host: enough for the CLI's worker pool without "pool is full" churn.
-POOL_MAXSIZE = 32
-
 _TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
 _BATCH_REFUSED_STATUSES = frozenset({400, 413, 422})
 
@@ -83,14 +86,6 @@ class ItemFailure:
     response_code: int
     message: str  # Omnisend's message, emails masked
     retryable: bool
-
-
-def _new_session() -> requests.Session:
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_MAXSIZE)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
 
 
 def encode_json(value: Any) -> bytes:
@@ -141,9 +136,13 @@ class OmnisendClient:
         sleep: Callable[[float], None] = time.sleep,
         tags_pacer: Pacer | None = None,
         rng: random.Random | None = None,
+        deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
+        problem = base_url_problem(base_url.rstrip("/"))
+        if problem:  # Settings refuses it already; this guards every other way of building a client
+            raise ValueError(f"refusing Omnisend base URL: {problem}")
         self.api_version = api_version
         self.limits = limits_for(api_version)
         self._root = base_url.rstrip("/") + self.limits.base_path
@@ -151,7 +150,8 @@ class OmnisendClient:
         self._pacer = pacer
         self._tags_pacer = tags_pacer or Pacer(TAGS_REQUESTS_PER_MINUTE * TAGS_SAFETY_FACTOR, clock=clock, sleep=sleep)
         self._own_session = session is None
-        self._session = session if session is not None else _new_session()
+        self._session = session if session is not None else new_session()
+        self._deadline_seconds = deadline_seconds
         self._max_attempts = max_attempts
         self._clock = clock
         self._sleep = sleep
@@ -341,17 +341,25 @@ class OmnisendClient:
             hint: float | None = None
             problem: Problem | None = None
             try:
-                resp = self._session.request(
-                    method,
-                    url,
-                    params=params,
-                    data=body,
-                    headers=self._headers(key, body is not None),
-                    timeout=REQUEST_TIMEOUT_SECONDS,
-                )
+                with request_deadline(self._deadline_seconds) as deadline:
+                    resp = self._session.request(
+                        method,
+                        url,
+                        params=params,
+                        data=body,
+                        headers=self._headers(key, body is not None),
+                        timeout=REQUEST_TIMEOUT_SECONDS,
+                        allow_redirects=False,  # a 3xx is an unexpected answer: nothing is re-sent anywhere
+                    )
             except _TRANSIENT_EXCEPTIONS as exc:
                 status: int | None = None
-                cause = type(exc).__name__
+                cause = f"deadline of {self._deadline_seconds:g} s exceeded" if deadline.expired else type(exc).__name__
+            except (requests.RequestException, UnicodeError) as exc:
+                # Not sent (a header value HTTP cannot carry, a malformed URL...). The exception's own text can quote
+                # the header values, the key among them: only its type goes on, without the chained original.
+                raise UnexpectedResponse(
+                    f"Omnisend {method} {self._path(path)}: request not sent ({type(exc).__name__})", status=None
+                ) from None
             else:
                 status = resp.status_code
                 if status < 300:

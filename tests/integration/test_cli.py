@@ -111,3 +111,27 @@ def test_runs_and_report_show_the_last_run(root, config):
     [run] = json.loads(runs.stdout)
     report = run_cli("report", "vip-customers", "--json", root=root)
     assert json.loads(report.stdout)["runId"] == run["runId"] and run["status"] == "succeeded"
+
+
+@pytest.mark.parametrize(
+    ("bad_key", "problem"),
+    [("abc123\r\nX-Injected: yes", "line break at character 7"),
+     ("abc\u2019123", "non-ASCII character at character 4")],
+    ids=["crlf", "non-latin-1"],
+)
+def test_a_malformed_key_exits_5_naming_the_problem_never_the_key(root, config, bad_key, problem):
+    with Simulator(SimConfig(api_keys=("abc123",))) as sim:
+        result = run_cli("export", "vip-customers", "--config", config, root=root,
+                         env={"OMNISEND_API_KEY": bad_key, "OMNISEND_BASE_URL": sim.base_url})
+        received = sim.state()["stats"]["requests_total"]
+    assert result.returncode == 5, result.stderr
+    assert "OMNISEND_API_KEY" in result.stderr and problem in result.stderr
+    assert "abc" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert received == 0
+
+
+def test_a_base_url_that_is_not_omnisend_is_a_configuration_error(root, config):
+    result = run_cli("export", "vip-customers", "--config", config, root=root,
+                     env={"OMNISEND_API_KEY": "k", "OMNISEND_BASE_URL": "https://omnisend.evil.example"})
+    assert result.returncode == 2
+    assert "OMNISEND_BASE_URL" in result.stderr and "not an Omnisend host" in result.stderr

@@ -161,3 +161,39 @@ def test_settings_without_any_key_say_how_to_configure_one():
         key_provider_from_settings(Settings())
 
     assert isinstance(caught.value, FailRun)
+
+
+# --- a key that cannot travel in an HTTP header is refused when read, without ever being shown ------------------
+
+BAD_KEYS = {
+    "line-break": ("abc123\r\nX-Evil: 1", "line break at character 7"),
+    "inner-space": ("abc 123", "whitespace at character 4"),
+    "non-latin-1": ("abc\u2019123", "non-ASCII character at character 4 (U+2019)"),
+    "control": ("abc\x00123", "control character at character 4 (U+0000)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_KEYS, ids=list(BAD_KEYS))
+def test_a_malformed_key_from_the_environment_is_refused_without_showing_it(case):
+    key, problem = BAD_KEYS[case]
+    with pytest.raises(ApiKeyUnavailable) as caught:
+        StaticKeyProvider(key)
+    assert caught.value.exit_code == 5
+    assert problem in str(caught.value) and "OMNISEND_API_KEY" in str(caught.value)
+    assert "abc" not in str(caught.value) and "123" not in str(caught.value)
+
+
+@pytest.mark.parametrize("case", BAD_KEYS, ids=list(BAD_KEYS))
+def test_a_malformed_key_from_key_vault_is_refused_without_showing_it(vault, clock, case):
+    key, problem = BAD_KEYS[case]
+    vault.set_secret(SECRET, key)
+    with pytest.raises(ApiKeyUnavailable) as caught:
+        provider(vault, clock).get()
+    assert caught.value.exit_code == 5
+    assert problem in str(caught.value) and SECRET in str(caught.value)
+    assert "abc" not in str(caught.value) and "123" not in str(caught.value)
+
+
+def test_a_trailing_newline_of_a_key_file_is_trimmed(vault, clock):
+    vault.set_secret(SECRET, KEY_V1 + "\n")
+    assert provider(vault, clock).get() == KEY_V1
