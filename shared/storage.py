@@ -7,6 +7,7 @@ the same contract tests. Names are ``/``-separated and relative to a container.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,64 @@ from typing import BinaryIO, Protocol
 
 class NotFound(KeyError):
     """The named object does not exist."""
+
+
+class BadName(ValueError):
+    """A container or object name both stores refuse before any access (see check_name)."""
+
+
+# Names can come from outside (an HTTP route, an export definition, a partition URL in model.json), so every store
+# operation checks them first. A ".." segment escaped the local root, and on Blob Storage with bearer auth the
+# service resolved it into ANOTHER container. Empty segments ("a//b", a leading "/") and "." are refused too: the
+# two stores would read them differently.
+MAX_NAME_CHARS = 1024  # Blob Storage's limit for a blob name
+MAX_SEGMENT_BYTES = 255  # a file name on the local store's file systems (UTF-8 bytes)
+# Blob container rules (3-63 lower-case letters, digits and single inner hyphens); the local store follows them too.
+CONTAINER_RE = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f\\]")
+# How much of a refused name an error quotes: enough to recognise it, never a whole hostile input.
+_EXCERPT_CHARS = 60
+
+
+def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters (repr-quoted), for messages about input we refused."""
+    return repr(text[:limit]) + (f"... ({len(text)} characters)" if len(text) > limit else "")
+
+
+def check_container(container: str) -> None:
+    if not isinstance(container, str) or not CONTAINER_RE.fullmatch(container):
+        raise BadName(f"bad container name {excerpt(str(container))}: use 3-63 lower-case letters, digits and "
+                      "single hyphens")
+
+
+def check_name(name: str, *, prefix: bool = False) -> None:
+    """Refuse ``..``/``.`` segments, empty segments, NUL and other control characters, backslashes, and over-long
+    names or segments. A listing ``prefix`` may be empty and may end with ``/`` (a folder)."""
+    if not isinstance(name, str):
+        raise BadName(f"bad object name {excerpt(str(name))}")
+    what = "prefix" if prefix else "object name"
+    if len(name) > MAX_NAME_CHARS:
+        raise BadName(f"{what} {excerpt(name)} is longer than {MAX_NAME_CHARS} characters")
+    segments = name.split("/")
+    if prefix:
+        if name == "":
+            return
+        if segments[-1] == "":
+            segments.pop()
+    for segment in segments:
+        if segment == "":
+            raise BadName(f"{what} {excerpt(name)} has an empty segment (a leading, trailing or double '/')")
+        if segment in (".", ".."):
+            raise BadName(f"{what} {excerpt(name)} has a '{segment}' segment")
+        if _CONTROL_RE.search(segment):
+            raise BadName(f"{what} {excerpt(name)} holds a control character or a backslash")
+        if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+            raise BadName(f"{what} {excerpt(name)} has a segment longer than {MAX_SEGMENT_BYTES} bytes")
+
+
+def check_location(container: str, name: str) -> None:
+    check_container(container)
+    check_name(name)
 
 
 @dataclass(frozen=True)
@@ -63,17 +122,16 @@ class LocalObjectStore:
         self.root = Path(root)
 
     def _path(self, container: str, name: str) -> Path:
-        if not container or "/" in container or container in (".", ".."):
-            raise ValueError(f"bad container name {container!r}")
-        parts = [p for p in name.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise ValueError(f"bad object name {name!r}")
-        return self.root.joinpath(container, *parts)
+        check_location(container, name)
+        return self.root.joinpath(container, *name.split("/"))
 
     def describe(self, container: str, name: str = "") -> str:
-        return str(self._path(container, name))
+        # For messages only (no access): never raises, even for a name the store refuses.
+        return str(self.root / container / name) if name else str(self.root / container)
 
     def list(self, container: str, prefix: str = "") -> Iterator[StoredObject]:
+        check_container(container)
+        check_name(prefix, prefix=True)
         base = self.root / container
         if not base.is_dir():
             return iter(())

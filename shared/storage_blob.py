@@ -16,7 +16,15 @@ from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from shared.errors import ConfigError
-from shared.storage import LocalObjectStore, NotFound, ObjectStore, StoredObject
+from shared.storage import (
+    LocalObjectStore,
+    NotFound,
+    ObjectStore,
+    StoredObject,
+    check_container,
+    check_location,
+    check_name,
+)
 
 if TYPE_CHECKING:
     from azure.core.credentials import TokenCredential
@@ -113,6 +121,12 @@ class BlobObjectStore:
         return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
     def list(self, container: str, prefix: str = "") -> Iterator[StoredObject]:
+        # Checked here, not when the generator first runs: a refused prefix fails at the call, like the local store.
+        check_container(container)
+        check_name(prefix, prefix=True)
+        return self._list(container, prefix)
+
+    def _list(self, container: str, prefix: str) -> Iterator[StoredObject]:
         # The Blob service lists in lexicographic (UTF-8 byte) order, which is Python's str order, so the pages
         # stream through without being collected and sorted in memory.
         blobs = self._service.get_container_client(container).list_blobs(name_starts_with=prefix or None)
@@ -159,8 +173,8 @@ class BlobObjectStore:
     # -- helpers ------------------------------------------------------------------------------------------------
 
     def _blob(self, container: str, name: str):  # -> BlobClient
-        if not container or not name:
-            raise ValueError(f"bad blob location {container!r}/{name!r}")
+        # Before any request: with bearer auth the service resolved "a/../../other/x" into another container.
+        check_location(container, name)
         return self._service.get_blob_client(container, name)
 
     def _upload(self, container: str, name: str, data: bytes, *, overwrite: bool) -> None:

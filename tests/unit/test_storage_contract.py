@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.storage import LocalObjectStore, NotFound, ObjectStore
+from shared.storage import BadName, LocalObjectStore, NotFound, ObjectStore
 from shared.storage_blob import BlobObjectStore
 from tests.azure.azurite_support import azurite, unique_name  # noqa: F401 - azurite is a fixture
 
@@ -143,3 +143,67 @@ def test_delete_of_a_missing_object_is_quiet(store, container):
 def test_describe_names_container_and_object(store, container):
     assert container in store.describe(container, "runs/r1/report.json")
     assert store.describe(container, "runs/r1/report.json").endswith("runs/r1/report.json")
+
+
+# --- names from the outside are refused before any access ---------------------------------------------------------
+
+BAD_NAMES = {
+    "dot-dot": "t/runs/../../../private/secret.json",
+    "leading-dot-dot": "../outside.json",
+    "dot": "t/./x.json",
+    "nul": "t/x\x00.json",
+    "control": "t/x\n.json",
+    "backslash": "t\\..\\x.json",
+    "empty": "",
+    "leading-slash": "/t/x.json",
+    "double-slash": "t//x.json",
+    "trailing-slash": "t/x/",
+    "long-segment": "t/" + "a" * 256,
+    "long-name": "/".join(["abcdefghi"] * 103),
+}
+OPERATIONS = {
+    "read": lambda s, c, n: s.read(c, n),
+    "open": lambda s, c, n: s.open(c, n),
+    "write": lambda s, c, n: s.write(c, n, b"x"),
+    "create": lambda s, c, n: s.create(c, n, b"x"),
+    "exists": lambda s, c, n: s.exists(c, n),
+    "delete": lambda s, c, n: s.delete(c, n),
+}
+
+
+@pytest.mark.parametrize("operation", OPERATIONS, ids=list(OPERATIONS))
+@pytest.mark.parametrize("case", BAD_NAMES, ids=list(BAD_NAMES))
+def test_a_bad_object_name_is_refused_by_every_operation(store, container, case, operation):
+    store.write(container, "t/x.json", b"kept")
+    with pytest.raises(BadName):
+        OPERATIONS[operation](store, container, BAD_NAMES[case])
+    assert [o.name for o in store.list(container)] == ["t/x.json"]  # nothing written anywhere else
+
+
+@pytest.mark.parametrize("prefix", ["../", "t/../../", "/t/", "t//", "t/\x00", "..", "t/.."])
+def test_a_bad_listing_prefix_is_refused(store, container, prefix):
+    with pytest.raises(BadName):
+        list(store.list(container, prefix))
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "", "UPPER", "a/b", "ab", "a--b", "-ab", "x" * 64, "con\x00x"])
+def test_a_bad_container_name_is_refused(store, bad):
+    with pytest.raises(BadName):
+        store.read(bad, "x.json")
+    with pytest.raises(BadName):
+        list(store.list(bad))
+
+
+def test_listing_never_walks_outside_the_local_root(tmp_path):
+    (tmp_path / "outside.txt").write_text("not yours")
+    (tmp_path / "root" / "exporter-runs").mkdir(parents=True)
+    store = LocalObjectStore(tmp_path / "root")
+    for prefix in ("../", "../../", "x/../../"):
+        with pytest.raises(BadName):
+            list(store.list("exporter-runs", prefix))
+
+
+def test_a_refused_name_is_quoted_only_in_part(store, container):
+    with pytest.raises(BadName) as caught:
+        store.read(container, "../" + "a" * 10_000)
+    assert len(str(caught.value)) < 200
