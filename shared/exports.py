@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from shared.errors import ConfigError, FailRun
+from shared.storage import BadName, check_name
 
 ChannelStatus = Literal["subscribed", "unsubscribed", "nonSubscribed"]
 OnExit = Literal["untag", "ignore"]
@@ -134,6 +135,9 @@ def load_exports(text: str, source: str) -> list[ExportDefinition]:
         data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg})", source=source) from None
+    except RecursionError:
+        raise ConfigError("JSON nested too deeply to read (an export definition is a few levels deep: "
+                          "check the brackets)", source=source) from None
     v = _Validator()
     exports = v.document(data)
     if v.problems:
@@ -380,6 +384,13 @@ class _Validator:
         for key in ("path", "file", "prefix"):
             if texts[key] is not None and texts[key].startswith("/"):
                 self.problem(f"{where}.{key}", "blob names do not start with '/'; remove the leading slash")
+            elif texts[key] is not None:
+                try:  # the stores refuse such names anyway; say so here, with the field, before any access
+                    check_name(texts[key], prefix=key != "file")
+                except BadName as exc:
+                    self.problem(f"{where}.{key}", f"{exc}: give the blob name as it is, without '..' or '//'")
+        if texts["table"] is not None and ("/" in texts["table"] or texts["table"] in (".", "..")):
+            self.problem(f"{where}.table", "a table name, as model.json lists it (no '/')")
         kinds = [k for k in SOURCE_KINDS if k in obj]
         if len(kinds) != 1:
             got = f"got {', '.join(kinds)}" if kinds else "got none"

@@ -14,7 +14,7 @@ import re
 from urllib.parse import unquote, urlsplit
 
 from shared.errors import SnapshotError
-from shared.storage import NotFound, ObjectStore, StoredObject
+from shared.storage import BadName, NotFound, ObjectStore, StoredObject, check_name, excerpt
 
 from .model import CsvFormat, Partition, Snapshot
 
@@ -23,6 +23,9 @@ CDM_DEFAULT_FORMAT = CsvFormat()
 _UTF8_NAMES = {"utf8", "utf-8", "utf_8", "utf-8-sig", "utf_8_sig", "utf8-sig", "utf8bom", "utf-8-bom"}
 _QUOTE_STYLES = {"quotestyle.csv": '"', "csv": '"', "quotestyle.none": "", "none": ""}
 _CSV_STYLES = {"csvstyle.quotealways", "quotealways", "csvstyle.quoteafterdelimiter", "quoteafterdelimiter"}
+# A CI model.json is a few hundred KB even for wide tables with many partitions; 16 MiB is far above any real one
+# and keeps a wrong or hostile file from being read whole into memory.
+MAX_MODEL_JSON_BYTES = 16 * 1024 * 1024
 
 
 def _join(*parts: str) -> str:
@@ -34,13 +37,20 @@ def load_model(store: ObjectStore, container: str, path: str) -> tuple[str, dict
     name = _join(path, "model.json")
     where = store.describe(container, name)
     try:
-        raw = store.read(container, name)
+        with store.open(container, name) as stream:
+            # Read one byte past the cap, never more: a huge model.json must not fill the memory.
+            raw = stream.read(MAX_MODEL_JSON_BYTES + 1)
     except NotFound:
         raise SnapshotError(
             f"no model.json at {where}: the source path must be the export destination folder "
             "(CustomerInsights_<id>/<ExportName>) and the export must have run at least once; "
             "for a plain CSV use source.file or source.prefix instead of source.table"
         ) from None
+    if len(raw) > MAX_MODEL_JSON_BYTES:
+        raise SnapshotError(
+            f"{where} is larger than {MAX_MODEL_JSON_BYTES // (1024 * 1024)} MiB; a Customer Insights model.json "
+            "holds a few hundred KB: check that source.path names the export folder"
+        )
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -52,6 +62,8 @@ def load_model(store: ObjectStore, container: str, path: str) -> tuple[str, dict
             f"{where} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}; "
             "the file may be truncated or still being written: re-run the export, or wait and run again"
         ) from None
+    except RecursionError:
+        raise SnapshotError(f"{where} is nested too deeply to read; it is not a CDM model.json") from None
     if not isinstance(model, dict) or not isinstance(model.get("entities"), list):
         raise SnapshotError(f'{where} has no "entities" list: it is not a CDM model.json')
     return name, model
@@ -118,8 +130,17 @@ def csv_format(settings: object, where: str) -> CsvFormat:
 
 
 def location_to_name(location: str, container: str, model_folder: str) -> str | None:
-    """A partition location (absolute URL or relative to model.json) -> blob name in ``container``, or None."""
+    """A partition location (absolute URL or relative to model.json) -> blob name in ``container``, or None.
+
+    A location with a ``..`` segment (plain or percent-encoded) is refused with a SnapshotError: it could only
+    point outside the folder Customer Insights writes to.
+    """
     parsed = urlsplit(location)
+    if ".." in unquote(parsed.path).split("/"):
+        raise SnapshotError(
+            f"partition location {excerpt(location)} has a '..' segment; the exporter reads only the files "
+            "Customer Insights wrote under the export folder"
+        )
     if parsed.scheme in ("abfs", "abfss", "wasb", "wasbs"):  # <container>@<account>.dfs.core.windows.net/<name>
         if parsed.netloc.split("@", 1)[0] != container:
             return None
@@ -170,8 +191,13 @@ def _listed_partitions(store, container, path, table, entity, where) -> tuple[li
         label = f"{where}: table {table!r} partition {i}"
         if not isinstance(p, dict) or not isinstance(p.get("location"), str):
             raise SnapshotError(f'{label} has no "location"')
-        label = f"{label} ({p.get('name') or p['location']})"
-        name = location_to_name(p["location"], container, path)
+        label = f"{label} ({excerpt(str(p.get('name') or p['location']))})"
+        try:
+            name = location_to_name(p["location"], container, path)
+            if name is not None:
+                check_name(name)
+        except (SnapshotError, BadName) as exc:
+            raise SnapshotError(f"{label}: {exc}") from None
         if name is None:
             raise SnapshotError(
                 f"{label}: location {p['location']!r} is not in container {container!r}; "

@@ -318,3 +318,18 @@ def test_disabled_export_stops_the_run_and_says_how_to_enable():
     with pytest.raises(ExportNotRunnable) as caught:
         ensure_runnable(lapsed)
     assert caught.value.reasons == ['it is disabled; set "enabled": true to run it']
+
+
+def test_source_names_that_leave_their_folder_are_refused_with_the_field():
+    problems = problems_of("source_paths_escaping.json")
+    assert [p.split(":", 1)[0] for p in problems] == [
+        "exports[0].source.path", "exports[1].source.file", "exports[2].source.prefix", "exports[3].source.file",
+        "exports[4].source.file", "exports[5].source.table",
+    ]
+    assert "'..' segment" in problems[0] and "'..' segment" in problems[1] and "'..' segment" in problems[2]
+    assert "empty segment" in problems[3] and "control character" in problems[4]
+
+
+def test_deeply_nested_json_is_a_configuration_error_not_a_crash():
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_exports('{"exports": ' + "[" * 100_000 + "]" * 100_000 + "}", source="test")

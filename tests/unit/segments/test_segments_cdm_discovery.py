@@ -16,6 +16,7 @@ from segfix import (
     table_source,
 )
 
+from shared.errors import SnapshotError
 from shared.segments import CsvFormat, discover_snapshot
 from shared.segments.cdm import location_to_name
 from shared.storage import LocalObjectStore
@@ -116,8 +117,22 @@ def test_export_path_may_carry_slashes():
         (f"abfss://{CONTAINER}@acct.dfs.core.windows.net/{EXPORT_PATH}/T/1.csv", f"{EXPORT_PATH}/T/1.csv"),
         ("T/2026/08/25/0205/T_1.csv", f"{EXPORT_PATH}/T/2026/08/25/0205/T_1.csv"),
         ("https://acct.blob.core.windows.net/othercontainer/T/1.csv", None),
-        ("../../../../escape.csv", None),
     ],
 )
 def test_partition_locations_resolve_to_blob_names_in_the_source_container(location, expected):
     assert location_to_name(location, CONTAINER, EXPORT_PATH) == expected
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "../../../../escape.csv",
+        "T/../../other/T_1.csv",
+        f"https://acct.blob.core.windows.net/{CONTAINER}/{EXPORT_PATH}/../../private/secret.csv",
+        f"https://acct.blob.core.windows.net/{CONTAINER}/{EXPORT_PATH}/%2e%2e/%2E%2E/private/secret.csv",
+        f"abfss://{CONTAINER}@acct.dfs.core.windows.net/{EXPORT_PATH}/../../x.csv",
+    ],
+)
+def test_a_partition_location_with_a_dot_dot_segment_is_refused(location):
+    with pytest.raises(SnapshotError, match=r"'\.\.' segment"):
+        location_to_name(location, CONTAINER, EXPORT_PATH)

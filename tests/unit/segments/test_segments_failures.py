@@ -8,6 +8,8 @@ from segfix import RUN_FOLDER, store_for, table_source
 from shared.errors import SnapshotError
 from shared.exports import Source
 from shared.segments import discover_snapshot, read_rows
+from shared.segments.cdm import MAX_MODEL_JSON_BYTES
+from shared.storage import LocalObjectStore
 
 
 def read_all(case: str) -> list:
@@ -73,3 +75,27 @@ def test_header_row_that_differs_from_model_json_when_column_headers_is_true():
 def test_source_must_name_exactly_one_of_table_file_prefix():
     with pytest.raises(SnapshotError, match=r"exactly one of table, file or prefix \(it names table, file\)"):
         discover_snapshot(store_for("cdm_basic"), Source("ciexports", path="x", table="T", file="a.csv"))
+
+
+def test_a_partition_url_climbing_out_of_the_export_folder_is_refused():
+    with pytest.raises(SnapshotError, match=r"partition 1 .*'\.\.' segment"):
+        discover_snapshot(store_for("cdm_partition_dotdot"), table_source())
+
+
+def model_json_store(copy_fixture, content: bytes):
+    root = copy_fixture("cdm_basic")
+    (root / "ciexports" / RUN_FOLDER.rsplit("/", 1)[0] / "model.json").write_bytes(content)
+    return LocalObjectStore(root)
+
+
+def test_a_deeply_nested_model_json_is_a_snapshot_error_not_a_crash(copy_fixture):
+    store = model_json_store(copy_fixture, b'{"entities": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    with pytest.raises(SnapshotError, match="nested too deeply"):
+        discover_snapshot(store, table_source())
+
+
+def test_a_model_json_above_the_size_cap_is_a_snapshot_error(copy_fixture):
+    padding = b" " * (MAX_MODEL_JSON_BYTES + 1)
+    store = model_json_store(copy_fixture, b'{"entities": []' + padding + b"}")
+    with pytest.raises(SnapshotError, match="larger than 16 MiB"):
+        discover_snapshot(store, table_source())
