@@ -55,17 +55,15 @@ def export_timer(timer: func.TimerRequest) -> None:
 @app.route(route="exports/{name}/runs", methods=["POST"])
 def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit"}."""
+    from shared.http_input import BadRequest, check_export_name, start_options
     from shared.pipeline import RunOptions
 
-    try:
-        body = req.get_json() if req.get_body() else {}
-    except ValueError:
-        return _json(400, {"error": "the body must be JSON, e.g. {\"force\": true}"})
-    allowed = {"force": "force", "dryRun": "dry_run", "fullResync": "full_resync", "allowMassExit": "allow_mass_exit"}
-    if not isinstance(body, dict) or set(body) - set(allowed) or not all(isinstance(v, bool) for v in body.values()):
-        return _json(400, {"error": f"the body may only hold booleans {sorted(allowed)}", "got": body})
-    options = RunOptions(trigger="http", **{allowed[k]: v for k, v in body.items()})
     name = req.route_params["name"]
+    try:
+        check_export_name(name)
+        options = RunOptions(trigger="http", **start_options(req.get_body()))
+    except BadRequest as exc:
+        return _json(exc.status, {"error": str(exc)})
     status, result = orchestrator().start(name, options)
     if "runId" in result and status in (200, 202):
         base = req.url.split("/api/", 1)[0]
@@ -76,7 +74,15 @@ def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="exports/{name}/runs/{runId}", methods=["GET"])
 def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     """Stage, counts, progress and ETA of a run; its report once finished."""
-    status = orchestrator().status(req.route_params["name"], req.route_params["runId"])
+    from shared.http_input import BadRequest, check_export_name, check_run_id
+
+    name, run_id = req.route_params["name"], req.route_params["runId"]
+    try:  # before any storage access: these values become blob names
+        check_export_name(name)
+        check_run_id(run_id)
+    except BadRequest as exc:
+        return _json(exc.status, {"error": str(exc)})
+    status = orchestrator().status(name, run_id)
     if status is None:
         return _json(404, {"error": "no such run"})
     return _json(200, status)

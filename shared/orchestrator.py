@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 from shared import names, pipeline
 from shared.errors import AuthRejected, FailRun, RetryLater
-from shared.exports import ExportDefinition, ExportNotRunnable, find_export
+from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
+from shared.http_input import excerpt
 from shared.queues import StageMessage
-from shared.runs import RunPaths, read_json
+from shared.runs import RUN_ID_RE, RunPaths, read_json
 
 log = logging.getLogger("exporter")
 
@@ -69,7 +70,7 @@ class Orchestrator:
         try:
             export = find_export(exports, export_name)
         except FailRun:
-            return 404, {"error": f"unknown export {export_name!r}", "exports": [e.name for e in exports]}
+            return 404, {"error": f"unknown export {excerpt(export_name)!r}", "exports": [e.name for e in exports]}
         if options.dry_run:
             return 200, pipeline.dry_run(self.ctx, export, options)
         try:
@@ -248,6 +249,9 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------ status
 
     def status(self, export_name: str, run_id: str) -> dict[str, Any] | None:
+        """The run's status, or None when there is no such run (a malformed name or id never reaches storage)."""
+        if not EXPORT_NAME_RE.fullmatch(export_name) or not RUN_ID_RE.fullmatch(run_id):
+            return None
         return pipeline.run_status(self.ctx, export_name, run_id)
 
     def overview(self) -> list[dict[str, Any]]:

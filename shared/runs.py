@@ -27,6 +27,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,10 @@ STATUSES = ("succeeded", "partial", "failed", "held")
 
 def batch_label(n: int) -> str:
     return f"{n:05d}"
+
+
+# What derive_run_id makes (tests/unit check that it matches): HTTP routes refuse any other run id before storage.
+RUN_ID_RE = re.compile(r"r-[0-9a-f]{12}(?:-f[0-9]{1,12})?")
 
 
 def derive_run_id(export: str, snapshot_id: str, forced_at: float | None = None) -> str:

@@ -1,0 +1,197 @@
+"""Names from the outside never reach Blob Storage, with bearer-token auth as in Azure.
+
+With a token credential (not a shared key) the Blob service resolves ``..`` in a blob name: reading
+``exporter-runs`` / ``t/runs/../../../private/secret.json`` returned the blob ``secret.json`` of the container
+``private``. Azurite accepts OAuth only over HTTPS with ``--oauth basic``, so this module starts its own blob-only
+Azurite that way (a trustme certificate, a free port, stopped at the end); the shared Azurite on :10000 uses a
+shared key and would not show the attack.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import trustme
+from azure.core.credentials import AccessToken
+from azure.storage.blob import BlobServiceClient
+
+import function_app
+from shared.app import build_orchestrator
+from shared.secrets import StaticKeyProvider
+from shared.settings import Settings
+from shared.storage import BadName
+from shared.storage_blob import BlobObjectStore
+from tests.azure.azurite_support import AZURITE_BIN, port_answers
+from tests.azure.host_standin import HostStandIn
+
+pytestmark = pytest.mark.azurite
+
+# Azurite listens within seconds; a loaded 2-core CI machine may need more.
+START_TIMEOUT_SECONDS = 60
+TENANT = "ab1f708d-50f6-404c-a006-d71b2ac7a606"
+SECRET = b'{"apiKey": "not for you"}'
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+class StorageToken:
+    """A TokenCredential whose token Azurite's basic OAuth accepts (it checks audience, issuer and dates, not the
+    signature): the SDK then authenticates with ``Authorization: Bearer``, as with a managed identity in Azure."""
+
+    def get_token(self, *scopes: str, **kwargs: object) -> AccessToken:
+        now = int(time.time())
+        claims = {"aud": "https://storage.azure.com", "iss": f"https://sts.windows.net/{TENANT}/", "tid": TENANT,
+                  "oid": str(uuid.uuid4()), "iat": now - 60, "nbf": now - 60, "exp": now + 3600}
+        return AccessToken(f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.c2ln", now + 3600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def oauth_azurite(tmp_path_factory) -> Iterator[tuple[str, str]]:
+    """(account URL, CA bundle path) of a blob-only Azurite that takes bearer tokens over HTTPS."""
+    folder = tmp_path_factory.mktemp("azurite-oauth")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    port = _free_port()
+    blob_bin = AZURITE_BIN.with_name("azurite-blob")
+    process = subprocess.Popen(
+        [str(blob_bin), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--oauth", "basic",
+         "--cert", str(folder / "cert.pem"), "--key", str(folder / "key.pem"), "--inMemoryPersistence",
+         "--skipApiVersionCheck", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not port_answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"azurite-blob --oauth basic did not start: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.2)
+        yield f"https://127.0.0.1:{port}/devstoreaccount1", str(folder / "ca.pem")
+    finally:
+        # Azurite waits for open keep-alive connections before it exits on SIGTERM: give it a moment, then kill it.
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def service(oauth_azurite) -> Iterator[BlobServiceClient]:
+    url, ca = oauth_azurite
+    client = BlobServiceClient(url, credential=StorageToken(), connection_verify=ca)
+    client.create_container("private")
+    client.get_blob_client("private", "secret.json").upload_blob(SECRET, overwrite=True)
+    client.create_container("exporter-runs")
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(service) -> BlobObjectStore:
+    return BlobObjectStore(service)
+
+
+TRAVERSAL = "t/runs/../../../private/secret.json"
+
+
+def test_the_service_itself_resolves_dot_dot_into_another_container(service):
+    """The attack this module guards against, reproduced with the SDK alone (no store in between)."""
+    assert service.get_blob_client("exporter-runs", TRAVERSAL).download_blob().readall() == SECRET
+
+
+def test_the_store_works_with_a_token(store):
+    store.write("exporter-runs", "t/runs/r-0123456789ab/report.json", b"{}")
+    assert store.read("exporter-runs", "t/runs/r-0123456789ab/report.json") == b"{}"
+
+
+@pytest.mark.parametrize("operation", ["read", "open", "exists", "write", "create", "delete"])
+def test_the_store_refuses_a_dot_dot_name_before_any_request(store, service, operation):
+    call = {
+        "read": lambda: store.read("exporter-runs", TRAVERSAL),
+        "open": lambda: store.open("exporter-runs", TRAVERSAL),
+        "exists": lambda: store.exists("exporter-runs", TRAVERSAL),
+        "write": lambda: store.write("exporter-runs", TRAVERSAL, b"overwritten"),
+        "create": lambda: store.create("exporter-runs", TRAVERSAL, b"overwritten"),
+        "delete": lambda: store.delete("exporter-runs", TRAVERSAL),
+    }[operation]
+    with pytest.raises(BadName):
+        call()
+    assert service.get_blob_client("private", "secret.json").download_blob().readall() == SECRET
+
+
+def test_the_store_refuses_a_dot_dot_listing_prefix(store):
+    with pytest.raises(BadName):
+        list(store.list("exporter-runs", "t/runs/../../../private/"))
+
+
+class NoQueues:
+    """Storage queues are not used by the status route; a start would fail loudly here."""
+
+    def send(self, queue_name, message, delay_seconds: int = 0) -> str:
+        raise AssertionError("no message expected")
+
+
+@pytest.fixture(scope="module")
+def host(service):
+    store = BlobObjectStore(service)
+    settings = Settings(omnisend_api_key="k", exports_config="/nonexistent/exports.json")
+    function_app._orchestrator = build_orchestrator(settings, queues=NoQueues(), stores=(store, store),
+                                                    key_provider=StaticKeyProvider("k"))
+    yield HostStandIn(function_app.app)
+    function_app._orchestrator = None
+
+
+@pytest.mark.parametrize(
+    ("name", "run_id"),
+    [("t", ".."), ("..", "r-0123456789ab"), ("t", "r-0123456789ab.."), ("T", "r-0123456789ab"),
+     ("t", "%2e%2e"), ("t", "r-" + "a" * 5000), ("t", "r-0123456789ab\x00")],
+)
+def test_a_malformed_run_route_is_a_400_that_quotes_only_an_excerpt(host, name, run_id):
+    response = host.http("GET", f"/api/exports/{name}/runs/{run_id}")
+    assert response.status_code == 400
+    assert len(response.get_body()) < 300
+
+
+def test_a_well_formed_unknown_run_is_a_404(host):
+    response = host.http("GET", "/api/exports/t/runs/r-0123456789ab")
+    assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"force": "' + b"x" * 10_000_000 + b'"}',  # 10 MB: once echoed back whole
+        b"[" * 100_000 + b"]" * 100_000,  # once a RecursionError and a 500
+        b'{"force": ' + b"[" * 400 + b"]" * 400 + b"}",  # deep, but small enough to parse
+        b'{"force": "' + b"y" * 900 + b'"}',
+        b"not json",
+    ],
+    ids=["10-MB", "deep-100k", "deep-400", "wrong-type", "not-json"],
+)
+def test_a_bad_start_body_is_a_400_that_echoes_at_most_an_excerpt(host, body):
+    response = host.http("POST", "/api/exports/t/runs", body=body)
+    assert response.status_code == 400 and not host.errors
+    assert len(response.get_body()) < 300
+
+
+def test_a_malformed_export_name_in_a_start_is_a_400(host):
+    response = host.http("POST", "/api/exports/..%2F..%2Fprivate/runs", body=b"{}")
+    assert response.status_code == 400
