@@ -7,15 +7,20 @@ Logs leave the product (App Insights, CI output, pasted into tickets), so they n
 from __future__ import annotations
 
 MASK = "***"
+# A domain name has at most 253 characters (DNS). Anything longer in an "email" is not an address worth showing,
+# and cutting it keeps one hostile cell from becoming a megabyte log line.
+MAX_DOMAIN_CHARS = 253
 
 
 def mask_email(email: str) -> str:
-    """``john@example.com`` → ``j***@example.com``; anything that is not an address → ``***``."""
+    """``john@example.com`` → ``j***@example.com``; anything that is not an address → ``***``. Linear time."""
     if not isinstance(email, str):
         return MASK
     local, at, domain = email.strip().rpartition("@")
     if not at or not local or not domain:
         return MASK
+    if len(domain) > MAX_DOMAIN_CHARS:
+        domain = domain[:MAX_DOMAIN_CHARS] + "…"
     return f"{local[0]}{MASK}@{domain}"
 
 

@@ -83,6 +83,8 @@ class StageMessage:
                 data = json.loads(body)
             except (ValueError, UnicodeDecodeError) as exc:
                 raise BadMessage(f"queue message is not JSON: {exc}") from None
+            except RecursionError:
+                raise BadMessage("queue message is nested too deeply to be one of ours") from None
         if not isinstance(data, dict):
             raise BadMessage("queue message is not a JSON object")
         if data.get("v") != MESSAGE_VERSION:

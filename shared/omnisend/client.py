@@ -95,7 +95,7 @@ def encode_json(value: Any) -> bytes:
 def _json(resp: requests.Response) -> Any:
     try:
         return resp.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes: no usable body
         return None
 
 

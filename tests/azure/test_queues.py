@@ -88,6 +88,7 @@ def test_stage_message_round_trips_with_extra_fields_and_counts_attempts():
         (b'{"v": 2, "export": "e", "runId": "r"}', "version 2"),
         (b'{"v": 1, "runId": "r"}', "lacks 'export'"),
         (b'{"v": 1, "export": "e", "runId": "r", "batch": -1}', "'batch'"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_malformed_message_is_refused_with_the_reason(body, problem):

@@ -482,3 +482,8 @@ def test_mask_email_keeps_only_the_first_character_and_the_domain(email, masked)
 def test_event_line_quotes_values_with_spaces_and_skips_none():
     line = event("plan.done", export="vip", rows=3, dryRun=False, note="two words", skipped=None)
     assert line == 'plan.done export=vip rows=3 dryRun=false note="two words"'
+
+
+def test_mask_email_is_linear_and_cut_on_a_megabyte_cell():
+    masked = mask_email("x" * 500_000 + "@" + "d" * 500_000)
+    assert masked.startswith("x***@") and len(masked) < 300

@@ -154,3 +154,12 @@ def test_a_header_requests_cannot_send_gives_an_error_without_the_key(server):
         client.create_batch([ITEM])
     assert KEY not in str(caught.value) and caught.value.__cause__ is None and caught.value.__suppress_context__
     assert server.seen == []
+
+
+# --- a deeply nested answer is no answer, not a crash -------------------------------------------------------------
+
+
+def test_a_deeply_nested_answer_to_a_batch_post_is_retried_later_not_a_crash(server):
+    server.reply(Reply(200, b"[" * 100_000 + b"]" * 100_000))
+    with pytest.raises(RetryLater, match="without a batchID"):
+        client_for(server.base_url).create_batch([ITEM])
