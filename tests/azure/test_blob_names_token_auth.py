@@ -23,6 +23,7 @@ from azure.core.credentials import AccessToken
 from azure.storage.blob import BlobServiceClient
 
 import function_app
+from devtools import sample_data
 from shared.app import build_orchestrator
 from shared.secrets import StaticKeyProvider
 from shared.settings import Settings
@@ -150,9 +151,24 @@ class NoQueues:
 
 
 @pytest.fixture(scope="module")
-def host(service):
+def host(service, tmp_path_factory):
     store = BlobObjectStore(service)
-    settings = Settings(omnisend_api_key="k", exports_config="/nonexistent/exports.json")
+    folder = tmp_path_factory.mktemp("segment")
+    sample_data.write_export(folder, 300)  # the messy sample: rejected rows and duplicates included
+    base = folder / sample_data.CONTAINER
+    service.create_container(sample_data.CONTAINER)
+    for path in base.rglob("*"):
+        if path.is_file():
+            service.get_blob_client(sample_data.CONTAINER, path.relative_to(base).as_posix()).upload_blob(
+                path.read_bytes(), overwrite=True)
+    config = folder / "exports.json"
+    config.write_text(json.dumps({"exports": [{
+        "name": "vip", "dataTransferAcknowledged": True, "tags": ["ci-vip"],
+        "source": {"container": sample_data.CONTAINER, "path": sample_data.EXPORT_PATH, "table": sample_data.TABLE},
+        "mapping": {"email": "EMail", "firstName": "FirstName", "lastName": "LastName", "phone": "Telephone",
+                    "city": "City", "birthdate": "DateOfBirth"},
+    }]}))
+    settings = Settings(omnisend_api_key="k", exports_config=str(config))
     function_app._orchestrator = build_orchestrator(settings, queues=NoQueues(), stores=(store, store),
                                                     key_provider=StaticKeyProvider("k"))
     yield HostStandIn(function_app.app)
@@ -190,6 +206,20 @@ def test_a_bad_start_body_is_a_400_that_echoes_at_most_an_excerpt(host, body):
     response = host.http("POST", "/api/exports/t/runs", body=body)
     assert response.status_code == 400 and not host.errors
     assert len(response.get_body()) < 300
+
+
+def test_an_http_dry_run_shows_shapes_not_people(host, service):
+    response = host.http("POST", "/api/exports/vip/runs", body={"dryRun": True})
+    assert response.status_code == 200, response.get_body()
+    text = response.get_body().decode()
+    report = json.loads(text)
+    assert report["dryRun"] and report["samplePayloads"] and report["rejectedSample"]
+    emails = [r["email"] for r in report["rejectedSample"]]
+    assert all(e == "" or "***" in e or set(e) <= set("xX9-. ") for e in emails)
+    for payload in report["samplePayloads"]:
+        assert "***@" in payload["identifiers"][0]["id"]
+        assert set(payload["firstName"]) <= set("xX -'")
+        assert payload.get("birthdate", "9999-99-99") == "9999-99-99"
 
 
 def test_a_malformed_export_name_in_a_start_is_a_400(host):
