@@ -6,10 +6,13 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from shared.errors import ConfigError, ExporterError, FailRun
+from shared.errors import ConfigError, ExporterError
+from shared.progress import duration_text as _duration
+from shared.progress import plural as _plural
 from shared.settings import Settings
 
 EXIT_OK = 0
@@ -47,6 +50,9 @@ OMNISEND_REQUESTS_PER_MINUTE (default 300 of the brand's 400), OMNISEND_BASE_URL
 """
 
 
+VERBOSE_HELP = "log every stage, batch and retry to stderr (otherwise retries are summed up once per interval)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared",
@@ -54,10 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage and batch to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
+        # Also accepted after the subcommand; SUPPRESS keeps "-v COMMAND" from being reset to False here.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         p.add_argument("--config", metavar="PATH", help="export definitions file (overrides EXPORTS_CONFIG)")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -80,9 +88,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="untag leavers even when more than maxExitFraction of the members left")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    p = sub.add_parser("check-config", help="validate settings and export definitions; find each snapshot")
+    p = sub.add_parser(
+        "check-config",
+        help="check settings, export definitions, snapshots, mapped columns and the key; list every problem",
+        description="Check everything a run would trip over, without writing anything: settings, the export "
+        "definitions, each enabled export's newest snapshot and its mapped and consent columns, the request budget "
+        "(1-400/min) and, online, the key (Key Vault read + one read-only Omnisend request). Every problem is "
+        "listed; the exit code is that of the first one (2 configuration, 3 Omnisend unreachable or wrong URL, "
+        "4 snapshot, 5 key).",
+    )
     common(p)
     p.add_argument("--no-snapshots", action="store_true", help="do not look for the snapshots")
+    online = p.add_mutually_exclusive_group()
+    online.add_argument("--online", action="store_true",
+                        help="check the key with Omnisend (the default when a key or Key Vault is configured)")
+    online.add_argument("--offline", action="store_true", help="make no request to Omnisend or Key Vault")
 
     p = sub.add_parser("runs", help="list an export's runs, newest first")
     p.add_argument("name")
@@ -93,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_id", nargs="?", help="run id (see 'runs')")
     common(p)
     return parser
+
+
+def _out(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) ends the output quietly, not with a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -108,14 +137,14 @@ def _print_report(report: dict[str, Any]) -> None:
             f"DRY RUN of export {report['export']} (snapshot {report['snapshot']}, API {report['apiVersion']}): "
             "nothing was sent or stored",
             f"  rows                   {report['rows']:>10,}",
-            f"  would create/update    {report['wouldCreateOrUpdate']:>10,}  in {report['batches']:,} batches",
+            f"  would create/update    {report['wouldCreateOrUpdate']:>10,}  in {_plural(report['batches'], 'batch')}",
             f"  unchanged              {report['unchanged']:>10,}",
             f"  rejected               {report['rejected']:>10,}",
             f"  duplicates             {report['duplicates']:>10,}",
             f"  leavers                {report['leavers']:>10,}  would untag {report['wouldUntag']:,}"
             + ("  (mass-exit guard would hold the untag)" if report["massExitGuard"] else ""),
             f"  estimated              {report['estimatedRequests']:,} requests, "
-            f"~{report['estimatedSeconds']:,.0f}s at {report['requestsPerMinute']} requests/min",
+            f"about {_duration(report['estimatedSeconds'])} at {report['requestsPerMinute']} requests/min",
         ]
         if report["samplePayloads"]:
             lines.append("  sample payloads (emails masked):")
@@ -201,51 +230,64 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from shared.app import load_export_definitions, make_stores
-    from shared.segments import discover_snapshot
+    from shared.checks import EXIT_CONFIG, Problem, check_configuration
 
-    settings = _settings(args)
-    state_store, source_store = make_stores(settings)
-    exports = load_export_definitions(settings, state_store)
-    result: dict[str, Any] = {
-        "exportsConfig": settings.exports_config,
-        "storage": "Azure Blob Storage"
-        if settings.uses_azure_storage
-        else f"local folder {settings.local_storage_root}",
-        "omnisend": {"baseUrl": settings.omnisend_base_url, "apiVersion": settings.omnisend_api_version,
-                     "requestsPerMinute": settings.omnisend_requests_per_minute,
-                     "key": "Key Vault " + settings.key_vault_url if settings.key_vault_url
-                     else "OMNISEND_API_KEY" if settings.omnisend_api_key
-                     else "none (exports go to the bundled simulator)"},
-        "exports": [],
-    }
-    problems = 0
-    for export in exports:
-        entry: dict[str, Any] = {"name": export.name, "enabled": export.enabled,
-                                 "dataTransferAcknowledged": export.data_transfer_acknowledged}
-        if not args.no_snapshots:
-            try:
-                snap = discover_snapshot(source_store, export.source)
-                entry["snapshot"] = snap.snapshot_id
-                entry["columns"] = list(snap.columns)
-                entry["bytes"] = snap.total_bytes
-            except FailRun as exc:
-                entry["snapshotError"] = str(exc)
-                problems += 1
-        result["exports"].append(entry)
+    problems: list[Problem] = []
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        # Still check the export definitions (with default settings) so every problem is listed at once.
+        problems += [Problem("settings", "environment", p, EXIT_CONFIG) for p in exc.problems]
+        settings = Settings(exports_config=args.config or "exports.json")
+    exports = []
+    try:
+        exports = load_export_definitions(settings)
+    except ConfigError as exc:
+        problems += [Problem("exports", exc.source or settings.exports_config, p, EXIT_CONFIG) for p in exc.problems]
+    result: dict[str, Any] = {"ok": False, "exportsConfig": settings.exports_config, "exports": []}
+    if not problems or exports:
+        _, source_store = make_stores(settings)
+        online = args.online or (not args.offline and settings.has_api_key_source)
+        result, found = check_configuration(settings, exports, source_store=source_store,
+                                            snapshots=not args.no_snapshots, online=online)
+        problems += found
+    result["ok"] = not problems
+    result["problems"] = [dataclasses.asdict(p) for p in problems]
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        _out(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        print(f"settings OK; {len(exports)} export(s) in {settings.exports_config}")
-        print(f"  storage: {result['storage']}; Omnisend: {settings.omnisend_base_url} API "
-              f"{settings.omnisend_api_version}, {settings.omnisend_requests_per_minute} requests/min; "
-              f"key: {result['omnisend']['key']}")
-        for e in result["exports"]:
-            state = "enabled" if e["enabled"] else "DISABLED"
-            ack = "" if e["dataTransferAcknowledged"] else ", NOT acknowledged (dataTransferAcknowledged)"
-            snap = (f"snapshot {e['snapshot']} ({len(e['columns'])} columns)" if "snapshot" in e
-                    else f"SNAPSHOT ERROR: {e['snapshotError']}" if "snapshotError" in e else "")
-            print(f"  - {e['name']}: {state}{ack}; {snap}")
-    return EXIT_SNAPSHOT if problems else EXIT_OK
+        _out("\n".join(_check_config_text(result, problems)))
+    return problems[0].exit_code if problems else EXIT_OK
+
+
+def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
+    lines = [f"check-config: {result['exportsConfig']} ({_plural(len(result['exports']), 'export')})"]
+    if "storage" in result:
+        o = result["omnisend"]
+        lines.append(f"  storage    {result['storage']}")
+        key = {"accepted": "accepted by Omnisend", "refused": "REFUSED", "not checked": "not checked"}.get(
+            o.get("keyCheck", ""), "not checked (offline)")
+        lines.append(f"  Omnisend   {o['baseUrl']} API {o['apiVersion']}, {o['requestsPerMinute']} requests/min; "
+                     f"key: {o['key']}, {key}")
+    for e in result["exports"]:
+        if not e["enabled"]:
+            lines.append(f"  - {e['name']}: disabled (not checked)")
+        elif "snapshot" in e:
+            columns = "a mapped column is missing" if e.get("columnProblems") else "every mapped column found"
+            lines.append(f"  - {e['name']}: snapshot {e['snapshot']} ({_plural(len(e['columns']), 'column')}); "
+                         f"{columns}")
+        elif "snapshotError" in e:
+            lines.append(f"  - {e['name']}: snapshot NOT FOUND")
+        else:
+            lines.append(f"  - {e['name']}: snapshot not checked")
+    if problems:
+        lines.append(f"FAILED: {_plural(len(problems), 'problem')}")
+        for p in problems:
+            text = p.message.replace("\n", "\n      ")
+            lines.append(f"  - [{p.check}] {p.where}: {text}")
+    else:
+        lines.append("OK: no problems found")
+    return lines
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:

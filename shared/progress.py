@@ -12,11 +12,31 @@ TTY_REFRESH_SECONDS = 0.2
 LOG_REFRESH_SECONDS = 5.0
 
 
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    h, rem = divmod(seconds, 3600)
+# Past this many seconds a duration reads better in minutes ("9m45s", not "585s").
+MINUTES_FROM_SECONDS = 90
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """ "1 batch", "3 batches", "1,000 rows". """
+    if n == 1:
+        return f"{n:,} {word}"
+    return f"{n:,} {many or (word + 'es' if word.endswith(('s', 'ch', 'sh', 'x')) else word + 's')}"
+
+
+def duration_text(seconds: float) -> str:
+    """ "0.6s", "42s", "9m45s", "1h05m": seconds below 90 s, minutes past it."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < MINUTES_FROM_SECONDS:
+        return f"{round(seconds)}s"
+    total = round(seconds)
+    h, rem = divmod(total, 3600)
     m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+_duration = duration_text
 
 
 class Progress:
