@@ -54,6 +54,8 @@ def _finalise_claimed(
 ) -> dict[str, Any]:
     started = read_started(ctx, export.name, run_id)
     options = RunOptions(**started["options"])
+    if manifest.get("guard"):
+        return _finalise_guarded(ctx, export, run_id, paths, manifest, started)
 
     sent = 0
     requests = 0
@@ -166,4 +168,28 @@ def _finalise_claimed(
         export.name, run_id, status, report["rows"], sent, len(failed_rows), report["rejected"],
         report["duplicates"], report["unchanged"], len(leaver_emails), untagged, requests,
     )
+    return report
+
+
+def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
+                      manifest: dict[str, Any], started: dict[str, Any]) -> dict[str, Any]:
+    """A run the mapping guard stopped at planning: nothing was sent, nobody is untagged, the state is untouched
+    (a wrong mapping must not make every member a leaver). Its planned rows are in plan-rejected.csv as failed."""
+    guard = manifest["guard"]
+    ctx.state_store.write(RUNS, paths.rejected, ctx.state_store.read(RUNS, paths.plan_rejected))
+    now = ctx.clock()
+    report = {
+        "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
+        "message": guard["message"], "apiVersion": manifest["apiVersion"], "rows": manifest["rows"],
+        "valid": manifest["valid"], "rejected": manifest["rejected"], "duplicates": manifest["duplicates"],
+        "unchanged": manifest["unchanged"], "sent": 0, "failed": guard["notSent"], "leavers": 0, "untagged": 0,
+        "batches": 0, "requests": 0, "droppedFields": manifest["droppedFields"], "mappingGuard": guard,
+        "startedAt": started["startedAt"], "finishedAt": _now_iso(lambda: now),
+        "durationSeconds": round(now - started["startedAtEpoch"], 3),
+        "trigger": started["options"].get("trigger", "cli"),
+        "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
+    }
+    check_accounting(report)
+    ctx.state_store.write(RUNS, paths.report, dumps(report))
+    log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
     return report

@@ -318,3 +318,21 @@ def test_disabled_export_stops_the_run_and_says_how_to_enable():
     with pytest.raises(ExportNotRunnable) as caught:
         ensure_runnable(lapsed)
     assert caught.value.reasons == ['it is disabled; set "enabled": true to run it']
+
+
+def test_max_rejected_fraction_defaults_to_half():
+    assert load_exports(one_export(), "inline")[0].max_rejected_fraction == 0.5
+
+
+def test_max_rejected_fraction_accepts_the_bounds():
+    assert load_exports(one_export(maxRejectedFraction=0), "inline")[0].max_rejected_fraction == 0.0
+    assert load_exports(one_export(maxRejectedFraction=1), "inline")[0].max_rejected_fraction == 1.0
+
+
+def test_max_rejected_fraction_outside_0_to_1_is_an_error_saying_what_it_means():
+    with pytest.raises(ConfigError) as caught:
+        load_exports(one_export(maxRejectedFraction="50%"), "inline")
+    assert caught.value.problems == [
+        "exports[0].maxRejectedFraction: expected a number from 0 to 1 (the largest share of a snapshot's rows that "
+        'may be rejected before the run sends nothing and fails), got "50%"'
+    ]
