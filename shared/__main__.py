@@ -11,7 +11,6 @@ import sys
 from typing import Any
 
 from shared.errors import ConfigError, ExporterError
-from shared.progress import duration_text as _duration
 from shared.progress import plural as _plural
 from shared.settings import Settings
 
@@ -132,46 +131,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    if report.get("dryRun"):
-        lines = [
-            f"DRY RUN of export {report['export']} (snapshot {report['snapshot']}, API {report['apiVersion']}): "
-            "nothing was sent or stored",
-            f"  rows                   {report['rows']:>10,}",
-            f"  would create/update    {report['wouldCreateOrUpdate']:>10,}  in {_plural(report['batches'], 'batch')}",
-            f"  unchanged              {report['unchanged']:>10,}",
-            f"  rejected               {report['rejected']:>10,}",
-            f"  duplicates             {report['duplicates']:>10,}",
-            f"  leavers                {report['leavers']:>10,}  would untag {report['wouldUntag']:,}"
-            + ("  (mass-exit guard would hold the untag)" if report["massExitGuard"] else ""),
-            f"  estimated              {report['estimatedRequests']:,} requests, "
-            f"about {_duration(report['estimatedSeconds'])} at {report['requestsPerMinute']} requests/min",
-        ]
-        if report["samplePayloads"]:
-            lines.append("  sample payloads (emails masked):")
-            lines += ["    " + json.dumps(p, ensure_ascii=False) for p in report["samplePayloads"]]
-        print("\n".join(lines))
-        return
-    if "rows" not in report:
-        print(f"run {report['runId']} of {report['export']}: {report['status']} — {report.get('message', '')}")
-        return
-    lines = [
-        f"export {report['export']}  run {report['runId']}  snapshot {report['snapshot']}",
-        f"status: {report['status'].upper()}" + (f" — {report['message']}" if report.get("message") else ""),
-        f"  rows        {report['rows']:>10,}",
-        f"  sent        {report['sent']:>10,}",
-        f"  failed      {report['failed']:>10,}",
-        f"  rejected    {report['rejected']:>10,}",
-        f"  duplicates  {report['duplicates']:>10,}",
-        f"  unchanged   {report['unchanged']:>10,}",
-        f"  leavers     {report['leavers']:>10,}  (untagged {report['untagged']:,})",
-        f"  requests    {report['requests']:>10,}  in {report['durationSeconds']:,.1f}s",
-    ]
-    if report.get("droppedFields"):
-        dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(report["droppedFields"].items()))
-        lines.append(f"  optional fields dropped as invalid: {dropped}")
-    if report.get("rejectedCsv") and (report["failed"] or report["rejected"] or report["duplicates"]):
-        lines.append(f"  every row not sent, and why: {report['rejectedCsv']}")
-    print("\n".join(lines))
+    from shared.report_text import dry_run_lines, report_lines
+
+    _out("\n".join(dry_run_lines(report) if report.get("dryRun") else report_lines(report)))
 
 
 def _exit_code_for(report: dict[str, Any]) -> int:
@@ -206,6 +168,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from shared.local_runner import run_export
     from shared.pipeline import RunOptions
     from shared.progress import Progress
+    from shared.report_text import with_config
 
     progress = Progress(enabled=not args.quiet)
     settings = _settings(args)
@@ -215,14 +178,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
                              allow_mass_exit=args.allow_mass_exit)
-        report = run_export(ctx, export, options, progress)
+        report = with_config(run_export(ctx, export, options, progress), args.config)
         if sim is not None and not args.dry_run:
             report = {**report, "target": f"Omnisend simulator {sim.base_url} (no key configured)"}
     finally:
         if sim is not None:
             sim.stop()
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        _out(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         _print_report(report)
     return EXIT_OK if report.get("dryRun") or report.get("alreadyExported") else _exit_code_for(report)
@@ -292,23 +255,18 @@ def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.app import build_context
+    from shared.pipeline import list_runs
+    from shared.report_text import runs_lines
 
-    ctx = build_context(_settings(args))
-    runs = __import__("shared.pipeline", fromlist=["list_runs"]).list_runs(ctx, args.name)
-    if args.json:
-        print(json.dumps(runs, indent=2))
-    elif not runs:
-        print(f"no runs of {args.name!r} yet")
-    else:
-        for r in runs:
-            counts = f"sent {r['sent']:,} failed {r['failed']:,}" if r["sent"] is not None else ""
-            print(f"{r['runId']:<28} {r['startedAt']}  {r['status']:<10} snapshot {r['snapshot']}  {counts}")
+    runs = list_runs(build_context(_settings(args)), args.name)
+    _out(json.dumps(runs, indent=2) if args.json else "\n".join(runs_lines(args.name, runs)))
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.pipeline import list_runs, run_status
+    from shared.report_text import status_lines, with_config
 
     ctx = build_context(_settings(args))
     run_id = args.run_id
@@ -321,18 +279,31 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if status is None:
         raise ConfigError(f"no run {run_id!r} of {args.name!r}; see: python -m shared runs {args.name}",
                           source="report")
-    shown = status.get("report", status)
+    if "report" in status:
+        status = {**status, "report": with_config(status["report"], args.config)}
     if args.json:
-        print(json.dumps(shown, indent=2, ensure_ascii=False))
-    elif "report" in status:
-        _print_report(status["report"])
+        _out(json.dumps(status.get("report", status), indent=2, ensure_ascii=False))
     else:
-        print(json.dumps(status, indent=2))
+        _out("\n".join(status_lines(status)))
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        # The product's dependencies live in the project's virtual environment; a bare python has none of them.
+        print(
+            f"error: the Python package {exc.name!r} is not installed for {sys.executable}: activate the project's "
+            "virtual environment first (source .venv/bin/activate; ./dev sample creates it), or run "
+            ".venv/bin/python -m shared ...",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(message)s",

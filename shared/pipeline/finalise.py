@@ -10,6 +10,7 @@ from typing import Any
 from shared.contacts import email_key
 from shared.errors import RetryLater
 from shared.exports import ExportDefinition
+from shared.failures import failed_row_for_csv, failure_message
 from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
@@ -125,10 +126,11 @@ def _finalise_claimed(
         entries.extend((e, fp) for e, fp in zip(full_previous.emails, full_previous.fingerprints, strict=True)
                        if e in leaver_set)
     state_bytes = save_state(ctx.state_store, export.name, entries)
+    if failed_rows:  # a non-succeeded status always says its cause
+        message = " ".join(m for m in (message, failure_message(failed_rows, status)) if m)
 
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
-    failed_csv = rejected_csv([{**row, "bucket": "failed", "reason": "Omnisend refused the contact"}
-                               for row in failed_rows]).decode("utf-8")
+    failed_csv = rejected_csv([failed_row_for_csv(row) for row in failed_rows]).decode("utf-8")
     body = plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])
     ctx.state_store.write(RUNS, paths.rejected, body.encode("utf-8"))
 
