@@ -167,10 +167,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from shared.exports import find_export
     from shared.local_runner import run_export
     from shared.pipeline import RunOptions
-    from shared.progress import Progress
+    from shared.progress import Progress, WarningSummary
     from shared.report_text import with_config
 
     progress = Progress(enabled=not args.quiet)
+    if not args.verbose:
+        logging.getLogger().addHandler(WarningSummary(progress))
     settings = _settings(args)
     settings, sim = _with_local_simulator(settings, progress.note)
     try:
@@ -304,11 +306,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    # -v: every log line (stages, batches, each retry). Otherwise only errors as they come; warnings (retries) are
+    # summed up once per interval by the export's progress output (shared/progress.py WarningSummary).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
                 "report": _cmd_report}
     try:
