@@ -34,7 +34,7 @@ MIN_RATE_SPAN_SECONDS = 2.0
 BATCHES_PER_POLL = 250
 # Before any batch is confirmed, the verification after the last send is assumed to take this long: Omnisend
 # usually finishes a batch within seconds, and the runner polls every second once everything is sent.
-DEFAULT_VERIFY_TAIL_SECONDS = 10.0
+DEFAULT_VERIFY_TAIL_SECONDS = 5.0
 BAR_WIDTH = 24
 
 
