@@ -174,7 +174,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().addHandler(WarningSummary(progress))
     settings = _settings(args)
-    settings, sim = _with_local_simulator(settings, progress.note)
+    # A dry run makes no request to Omnisend, so it needs neither a key nor the bundled simulator.
+    settings, sim = (settings, None) if args.dry_run else _with_local_simulator(settings, progress.note)
     try:
         ctx = build_context(settings)
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)

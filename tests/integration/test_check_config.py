@@ -149,3 +149,9 @@ def test_a_missing_key_vault_secret_is_a_key_problem_naming_the_secret(omnisend)
         _, problems = check_with_vault(vault, "no-such-secret", omnisend)
     [problem] = problems
     assert problem.check == "key" and problem.exit_code == 5 and "no-such-secret" in problem.message
+
+
+def test_a_consent_column_typo_fails_too(root):
+    result = run_cli("check-config", "--config", str(FIXTURES / "sample_consent_column_typo.json"), root=root)
+    assert result.returncode == 2
+    assert 'consent.column: column "LoyaltyTeir" is not in the snapshot (did you mean "LoyaltyTier"?)' in result.stdout

@@ -124,3 +124,18 @@ def test_a_contact_omnisend_refused_says_so_in_rejected_csv(root):
     rows = list(csv.DictReader(io.StringIO(Path(report["rejectedCsv"]).read_text(encoding="utf-8"))))
     [failed] = [r for r in rows if r["bucket"] == "failed"]
     assert failed["reason"].startswith("Omnisend refused the contact: ") and failed["httpStatus"] == "400"
+
+
+def test_report_formats_a_run_that_is_still_sending(root):
+    from shared.pipeline import RunOptions, plan, start_run
+    from tests.integration.exporting import load_export, make_context
+
+    ctx = make_context(root, "http://127.0.0.1:9")
+    export_def = load_export(name="vip-customers")
+    started = start_run(ctx, export_def, RunOptions())
+    plan(ctx, export_def, started.run_id)  # planned, nothing sent yet
+    result = run_cli("report", "vip-customers", root=root)
+    assert result.returncode == 0
+    assert "status: SENDING since " in result.stdout and "(not finished)" in result.stdout
+    assert "0 of 3 confirmed, 0 submitted" in result.stdout and "ETA" in result.stdout
+    assert not result.stdout.lstrip().startswith("{")
