@@ -240,6 +240,9 @@ class Progress:
 
 # "Omnisend POST /api/batches → 429; attempt 1/6, retrying in 0.50 s" → "POST /api/batches → 429"
 _ARROW = re.compile(r"(?:Omnisend )?(\S+ \S+ → [^;]+)")
+# Other warnings are grouped with their numbers (batch 17, 3 in a row, 30s) made alike; HTTP statuses are kept.
+_NUMBER = re.compile(r"\b(?![1-5]\d\d\b)\d+(?:\.\d+)?")
+WARNING_KEY_LENGTH = 80
 
 
 class WarningSummary(logging.Handler):
@@ -254,4 +257,4 @@ class WarningSummary(logging.Handler):
             return  # errors are shown as they come by the ordinary handler
         message = record.getMessage()
         match = _ARROW.search(message)
-        self.progress.count_warning(match.group(1) if match else message[:60])
+        self.progress.count_warning(match.group(1) if match else _NUMBER.sub("N", message)[:WARNING_KEY_LENGTH])

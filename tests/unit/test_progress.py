@@ -135,3 +135,17 @@ def test_warnings_are_summed_up_once_per_interval_without_verbose():
     [line] = out.getvalue().splitlines()
     assert line.startswith("retrying   4 warnings in the last 6.0s: POST /api/batches → 429 ×3, "
                            "POST /api/batches → ConnectionError ×1")
+
+
+def test_other_warnings_are_grouped_whatever_their_numbers():
+    clock = FakeClock()
+    out = io.StringIO()
+    progress = Progress(out, clock=clock)
+    handler = WarningSummary(progress)
+    for n in (3, 17):
+        record = logging.LogRecord("exporter", logging.WARNING, __file__, 1, "batch %d: %s; trying again in %.0fs",
+                                   (n, "Omnisend POST /api/batches failed after 6 attempt(s): 503", 30.0), None)
+        handler.emit(record)
+    progress.close()
+    assert "2 warnings" in out.getvalue()
+    assert "batch N: Omnisend POST /api/batches failed after N attempt(s): 503" in out.getvalue()
