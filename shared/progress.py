@@ -193,9 +193,12 @@ class Progress:
         self._rate.add(now, requests)
         if not self._sent_at or sent > self._sent_at[-1][0]:
             self._sent_at.append((sent, now))
-        eta = eta_seconds(total, sent, confirmed + failed, rpm, self._verify_tail(confirmed + failed, now))
-        self._emit(render_sending(sent=sent, confirmed=confirmed, failed=failed, total=total,
-                                 rate=self._rate.per_minute(), rpm=rpm, elapsed=now - self._phase_t0, eta=eta),
+        rate = self._rate.per_minute()
+        # The ETA assumes the budget unless the last minute went slower (429s defer the pacer; Omnisend was slow).
+        pace = min(rpm, rate) if rate else rpm
+        eta = eta_seconds(total, sent, confirmed + failed, max(pace, 1.0), self._verify_tail(confirmed + failed, now))
+        self._emit(render_sending(sent=sent, confirmed=confirmed, failed=failed, total=total, rate=rate, rpm=rpm,
+                                  elapsed=now - self._phase_t0, eta=eta),
                    force)
 
     def _verify_tail(self, settled: int, now: float) -> float:

@@ -149,3 +149,18 @@ def test_other_warnings_are_grouped_whatever_their_numbers():
     progress.close()
     assert "2 warnings" in out.getvalue()
     assert "batch N: Omnisend POST /api/batches failed after N attempt(s): 503" in out.getvalue()
+
+
+def test_the_eta_uses_the_rate_of_the_last_minute_when_it_was_below_the_budget():
+    clock = FakeClock()
+    out = io.StringIO()
+    progress = Progress(out, clock=clock)
+    progress.phase("sending")
+    progress.sending(sent=0, confirmed=0, failed=0, total=200, requests=0, rpm=300)
+    clock.now += 60
+    # 100 requests in the last minute: 100/min, a third of the budget (a 429 storm slowed the pacer).
+    progress.sending(sent=100, confirmed=0, failed=0, total=200, requests=100, rpm=300, force=True)
+    last = out.getvalue().splitlines()[-1]
+    # 100 batches + 1 poll at 100/min, then the default verification time.
+    assert last.endswith(f"ETA {duration_text(101 * 60 / 100 + DEFAULT_VERIFY_TAIL_SECONDS)}")
+    assert "100/min (budget 300)" in last
