@@ -259,9 +259,10 @@ def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.pipeline import list_runs
-    from shared.report_text import runs_lines
+    from shared.report_text import runs_lines, with_config
 
-    runs = list_runs(build_context(_settings(args)), args.name)
+    runs = [with_config({**r, "export": args.name}, args.config)
+            for r in list_runs(build_context(_settings(args)), args.name)]
     _out(json.dumps(runs, indent=2) if args.json else "\n".join(runs_lines(args.name, runs)))
     return EXIT_OK
 

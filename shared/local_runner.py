@@ -68,7 +68,7 @@ def run_export(
         )
         progress.planned(_planned_text(manifest))
         sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
-        _show_finalising(ctx, export, manifest, progress)
+        _show_finalising(ctx, export, manifest, options, progress)
         report = pipeline.finalise(ctx, export, started.run_id)
     except FailRun as exc:
         pipeline.fail_run(ctx, export.name, started.run_id, exc)
@@ -155,14 +155,21 @@ def _planned_text(manifest: dict[str, Any]) -> str:
     )
 
 
-def _show_finalising(ctx, export: ExportDefinition, manifest: dict[str, Any], progress: Progress) -> None:
+def _show_finalising(ctx, export: ExportDefinition, manifest: dict[str, Any], options: pipeline.RunOptions,
+                     progress: Progress) -> None:
     """Name the untag step when there is one (at 54 requests/min it can take minutes), then finalising."""
+    from shared.pipeline.plan import _mass_exit_tripped
+
     leavers = manifest.get("leavers", 0)
     if leavers and export.on_exit == "untag" and export.tags and ctx.api_version != "v3" and not manifest.get("guard"):
-        calls = -(-leavers // UNTAG_MAX_EMAILS)
-        progress.phase("untagging", f"{plural(leavers, 'leaver')}: removing the export's tags, "
-                                    f"{plural(calls, 'request')} at most {UNTAG_RATE:g}/min (unless the "
-                                    "mass-exit guard holds them)")
+        previous = manifest.get("previousMembers", 0)
+        if _mass_exit_tripped(export, leavers, previous, options.allow_mass_exit):
+            progress.phase("untagging", f"held: {leavers:,} of {previous:,} members left, more than maxExitFraction "
+                                        f"{export.max_exit_fraction:g}; nobody is untagged")
+        else:
+            calls = -(-leavers // UNTAG_MAX_EMAILS)
+            progress.phase("untagging", f"{plural(leavers, 'leaver')}: removing the export's tags, "
+                                        f"{plural(calls, 'request')} at most {UNTAG_RATE:g}/min")
     progress.phase("finalising", "committing the membership state, writing the report and rejected.csv")
 
 
