@@ -199,12 +199,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     from shared.checks import EXIT_CONFIG, Problem, check_configuration
 
     problems: list[Problem] = []
+    settings_ok = True
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        # Still check the export definitions (with default settings) so every problem is listed at once.
+        # Still check the export definitions so every problem is listed at once; snapshots and the key need
+        # the real settings (storage root, URL), so those checks wait until the settings are fixed.
         problems += [Problem("settings", "environment", p, EXIT_CONFIG) for p in exc.problems]
         settings = Settings(exports_config=args.config or "exports.json")
+        settings_ok = False
     exports = []
     try:
         exports = load_export_definitions(settings)
@@ -213,9 +216,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     result: dict[str, Any] = {"ok": False, "exportsConfig": settings.exports_config, "exports": []}
     if not problems or exports:
         _, source_store = make_stores(settings)
-        online = args.online or (not args.offline and settings.has_api_key_source)
+        online = settings_ok and (args.online or (not args.offline and settings.has_api_key_source))
         result, found = check_configuration(settings, exports, source_store=source_store,
-                                            snapshots=not args.no_snapshots, online=online)
+                                            snapshots=settings_ok and not args.no_snapshots, online=online)
+        if not settings_ok:  # what the default settings would say is not what the fixed ones will
+            result.pop("storage"), result.pop("omnisend")
         problems += found
     result["ok"] = not problems
     result["problems"] = [dataclasses.asdict(p) for p in problems]

@@ -155,3 +155,12 @@ def test_a_consent_column_typo_fails_too(root):
     result = run_cli("check-config", "--config", str(FIXTURES / "sample_consent_column_typo.json"), root=root)
     assert result.returncode == 2
     assert 'consent.column: column "LoyaltyTeir" is not in the snapshot (did you mean "LoyaltyTier"?)' in result.stdout
+
+
+def test_a_settings_problem_and_a_definition_problem_are_listed_together(root, tmp_path):
+    bad = tmp_path / "exports.json"
+    bad.write_text('{"exports": [{"name": "x", "source": {"container": "ciexports", "file": "a.csv"}, '
+                   '"mapping": {"email": "E"}, "onExit": "delete"}]}')
+    result = run_cli("check-config", "--config", str(bad), root=root, env={"OMNISEND_API_VERSION": "v4"})
+    assert result.returncode == 2
+    assert "OMNISEND_API_VERSION='v4'" in result.stdout and 'onExit: "delete" is not allowed' in result.stdout
