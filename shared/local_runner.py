@@ -62,9 +62,10 @@ def run_export(
         ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, started.run_id).failure)
     try:
         progress.phase("planning")
+        total_bytes = pipeline.read_started(ctx, export.name, started.run_id)["source"].get("total_bytes", 0)
         manifest = pipeline.plan(
             ctx, export, started.run_id,
-            progress=lambda rows, nbytes: progress.planning(rows, nbytes),
+            progress=lambda rows, nbytes: progress.planning(rows, nbytes, total_bytes),
         )
         progress.planned(_planned_text(manifest))
         sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
