@@ -266,9 +266,12 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.pipeline import list_runs
     from shared.report_text import runs_lines, with_config
 
-    runs = [with_config({**r, "export": args.name}, args.config)
-            for r in list_runs(build_context(_settings(args)), args.name)]
-    _out(json.dumps(runs, indent=2) if args.json else "\n".join(runs_lines(args.name, runs)))
+    runs = list_runs(build_context(_settings(args)), args.name)
+    if args.json:
+        _out(json.dumps(runs, indent=2))
+    else:
+        shown = [with_config({**r, "export": args.name}, args.config) for r in runs]
+        _out("\n".join(runs_lines(args.name, shown)))
     return EXIT_OK
 
 
