@@ -116,10 +116,35 @@ class RateWindow:
         return (c1 - c0) * 60.0 / span
 
 
+class _Unbreakable:
+    """stderr that a closed pipe (``2>&1 | head``) cannot break: progress is not worth stopping an export for."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.broken = False
+
+    def isatty(self) -> bool:
+        return self._stream.isatty()
+
+    def write(self, text: str) -> None:
+        if not self.broken:
+            try:
+                self._stream.write(text)
+            except (BrokenPipeError, ValueError):  # ValueError: the stream was closed
+                self.broken = True
+
+    def flush(self) -> None:
+        if not self.broken:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self.broken = True
+
+
 class Progress:
     def __init__(self, stream: TextIO | None = None, enabled: bool = True,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.stream = stream or sys.stderr
+        self.stream = _Unbreakable(stream or sys.stderr)
         self.enabled = enabled
         self.tty = self.stream.isatty()
         self._clock = clock

@@ -164,3 +164,15 @@ def test_the_eta_uses_the_rate_of_the_last_minute_when_it_was_below_the_budget()
     # 100 batches + 1 poll at 100/min, then the default verification time.
     assert last.endswith(f"ETA {duration_text(101 * 60 / 100 + DEFAULT_VERIFY_TAIL_SECONDS)}")
     assert "100/min (budget 300)" in last
+
+
+class ClosedPipe(io.StringIO):
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_progress_stream_does_not_stop_the_work():
+    progress = Progress(ClosedPipe())
+    progress.note("planning")
+    progress.sending(sent=1, confirmed=0, failed=0, total=2, requests=1, rpm=300, force=True)
+    progress.close()  # nothing raised: the export goes on without its progress output
