@@ -139,3 +139,15 @@ def test_report_formats_a_run_that_is_still_sending(root):
     assert "status: SENDING since " in result.stdout and "(not finished)" in result.stdout
     assert "0 of 3 confirmed, 0 submitted" in result.stdout and "ETA" in result.stdout
     assert not result.stdout.lstrip().startswith("{")
+
+
+def test_an_export_whose_output_reader_stops_after_one_line_still_finishes(root):
+    env = {"LOCAL_STORAGE_ROOT": str(root), "PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}
+    # `... 2>&1 | head -1`: progress and report share the pipe, and the reader leaves after the first line.
+    proc = subprocess.Popen([sys.executable, "-m", "shared", "export", "vip-customers", "--config", CONFIG], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc.stdout.readline()
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0
+    [run] = json.loads(run_cli("runs", "vip-customers", "--json", root=root).stdout)
+    assert run["status"] == "succeeded"
