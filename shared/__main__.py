@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -121,6 +122,12 @@ def _out(text: str) -> None:
     except BrokenPipeError:
         # Point stdout at /dev/null so the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _err(text: str) -> None:
+    """Print to stderr; a closed pipe there must not hide the exit code behind a traceback."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -300,6 +307,16 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _quiet_closed_pipes() -> None:
+    """A reader that left (``| head``) must not turn into a traceback or exit 120 when Python flushes at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -327,12 +344,14 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        _err("\ninterrupted: run the same command again to resume")
         return EXIT_INTERRUPTED
     except ExporterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _err(f"error: {exc}")
         return getattr(exc, "exit_code", EXIT_RUN_FAILED)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    _quiet_closed_pipes()
+    sys.exit(code)
