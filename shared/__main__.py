@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 from typing import Any
 
-from shared.errors import ConfigError, ExporterError, FailRun
+from shared.errors import ConfigError, ExporterError
+from shared.progress import plural as _plural
 from shared.settings import Settings
 
 EXIT_OK = 0
@@ -47,6 +50,9 @@ OMNISEND_REQUESTS_PER_MINUTE (default 300 of the brand's 400), OMNISEND_BASE_URL
 """
 
 
+VERBOSE_HELP = "log every stage, batch and retry to stderr (otherwise retries are summed up once per interval)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m shared",
@@ -54,10 +60,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every stage and batch to stderr")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(p: argparse.ArgumentParser) -> None:
+        # Also accepted after the subcommand; SUPPRESS keeps "-v COMMAND" from being reset to False here.
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         p.add_argument("--config", metavar="PATH", help="export definitions file (overrides EXPORTS_CONFIG)")
         p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -80,9 +88,21 @@ def _parser() -> argparse.ArgumentParser:
                    help="untag leavers even when more than maxExitFraction of the members left")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
 
-    p = sub.add_parser("check-config", help="validate settings and export definitions; find each snapshot")
+    p = sub.add_parser(
+        "check-config",
+        help="check settings, export definitions, snapshots, mapped columns and the key; list every problem",
+        description="Check everything a run would trip over, without writing anything: settings, the export "
+        "definitions, each enabled export's newest snapshot and its mapped and consent columns, the request budget "
+        "(1-400/min) and, online, the key (Key Vault read + one read-only Omnisend request). Every problem is "
+        "listed; the exit code is that of the first one (2 configuration, 3 Omnisend unreachable or wrong URL, "
+        "4 snapshot, 5 key).",
+    )
     common(p)
     p.add_argument("--no-snapshots", action="store_true", help="do not look for the snapshots")
+    online = p.add_mutually_exclusive_group()
+    online.add_argument("--online", action="store_true",
+                        help="check the key with Omnisend (the default when a key or Key Vault is configured)")
+    online.add_argument("--offline", action="store_true", help="make no request to Omnisend or Key Vault")
 
     p = sub.add_parser("runs", help="list an export's runs, newest first")
     p.add_argument("name")
@@ -95,6 +115,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _out(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) ends the output quietly, not with a traceback."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _err(text: str) -> None:
+    """Print to stderr; a closed pipe there must not hide the exit code behind a traceback."""
+    with contextlib.suppress(BrokenPipeError, ValueError):
+        print(text, file=sys.stderr, flush=True)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     settings = Settings.from_env()
     if getattr(args, "config", None):
@@ -103,46 +138,9 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    if report.get("dryRun"):
-        lines = [
-            f"DRY RUN of export {report['export']} (snapshot {report['snapshot']}, API {report['apiVersion']}): "
-            "nothing was sent or stored",
-            f"  rows                   {report['rows']:>10,}",
-            f"  would create/update    {report['wouldCreateOrUpdate']:>10,}  in {report['batches']:,} batches",
-            f"  unchanged              {report['unchanged']:>10,}",
-            f"  rejected               {report['rejected']:>10,}",
-            f"  duplicates             {report['duplicates']:>10,}",
-            f"  leavers                {report['leavers']:>10,}  would untag {report['wouldUntag']:,}"
-            + ("  (mass-exit guard would hold the untag)" if report["massExitGuard"] else ""),
-            f"  estimated              {report['estimatedRequests']:,} requests, "
-            f"~{report['estimatedSeconds']:,.0f}s at {report['requestsPerMinute']} requests/min",
-        ]
-        if report["samplePayloads"]:
-            lines.append("  sample payloads (emails masked):")
-            lines += ["    " + json.dumps(p, ensure_ascii=False) for p in report["samplePayloads"]]
-        print("\n".join(lines))
-        return
-    if "rows" not in report:
-        print(f"run {report['runId']} of {report['export']}: {report['status']} — {report.get('message', '')}")
-        return
-    lines = [
-        f"export {report['export']}  run {report['runId']}  snapshot {report['snapshot']}",
-        f"status: {report['status'].upper()}" + (f" — {report['message']}" if report.get("message") else ""),
-        f"  rows        {report['rows']:>10,}",
-        f"  sent        {report['sent']:>10,}",
-        f"  failed      {report['failed']:>10,}",
-        f"  rejected    {report['rejected']:>10,}",
-        f"  duplicates  {report['duplicates']:>10,}",
-        f"  unchanged   {report['unchanged']:>10,}",
-        f"  leavers     {report['leavers']:>10,}  (untagged {report['untagged']:,})",
-        f"  requests    {report['requests']:>10,}  in {report['durationSeconds']:,.1f}s",
-    ]
-    if report.get("droppedFields"):
-        dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(report["droppedFields"].items()))
-        lines.append(f"  optional fields dropped as invalid: {dropped}")
-    if report.get("rejectedCsv") and (report["failed"] or report["rejected"] or report["duplicates"]):
-        lines.append(f"  every row not sent, and why: {report['rejectedCsv']}")
-    print("\n".join(lines))
+    from shared.report_text import dry_run_lines, report_lines
+
+    _out("\n".join(dry_run_lines(report) if report.get("dryRun") else report_lines(report)))
 
 
 def _exit_code_for(report: dict[str, Any]) -> int:
@@ -176,24 +174,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from shared.exports import find_export
     from shared.local_runner import run_export
     from shared.pipeline import RunOptions
-    from shared.progress import Progress
+    from shared.progress import Progress, WarningSummary
+    from shared.report_text import with_config
 
     progress = Progress(enabled=not args.quiet)
+    if not args.verbose:
+        logging.getLogger().addHandler(WarningSummary(progress))
     settings = _settings(args)
-    settings, sim = _with_local_simulator(settings, progress.note)
+    # A dry run makes no request to Omnisend, so it needs neither a key nor the bundled simulator.
+    settings, sim = (settings, None) if args.dry_run else _with_local_simulator(settings, progress.note)
     try:
         ctx = build_context(settings)
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
                              allow_mass_exit=args.allow_mass_exit)
-        report = run_export(ctx, export, options, progress)
+        report = with_config(run_export(ctx, export, options, progress), args.config)
         if sim is not None and not args.dry_run:
             report = {**report, "target": f"Omnisend simulator {sim.base_url} (no key configured)"}
     finally:
         if sim is not None:
             sim.stop()
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        _out(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         _print_report(report)
     return EXIT_OK if report.get("dryRun") or report.get("alreadyExported") else _exit_code_for(report)
@@ -201,72 +203,89 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from shared.app import load_export_definitions, make_stores
-    from shared.segments import discover_snapshot
+    from shared.checks import EXIT_CONFIG, Problem, check_configuration
 
-    settings = _settings(args)
-    state_store, source_store = make_stores(settings)
-    exports = load_export_definitions(settings, state_store)
-    result: dict[str, Any] = {
-        "exportsConfig": settings.exports_config,
-        "storage": "Azure Blob Storage"
-        if settings.uses_azure_storage
-        else f"local folder {settings.local_storage_root}",
-        "omnisend": {"baseUrl": settings.omnisend_base_url, "apiVersion": settings.omnisend_api_version,
-                     "requestsPerMinute": settings.omnisend_requests_per_minute,
-                     "key": "Key Vault " + settings.key_vault_url if settings.key_vault_url
-                     else "OMNISEND_API_KEY" if settings.omnisend_api_key
-                     else "none (exports go to the bundled simulator)"},
-        "exports": [],
-    }
-    problems = 0
-    for export in exports:
-        entry: dict[str, Any] = {"name": export.name, "enabled": export.enabled,
-                                 "dataTransferAcknowledged": export.data_transfer_acknowledged}
-        if not args.no_snapshots:
-            try:
-                snap = discover_snapshot(source_store, export.source)
-                entry["snapshot"] = snap.snapshot_id
-                entry["columns"] = list(snap.columns)
-                entry["bytes"] = snap.total_bytes
-            except FailRun as exc:
-                entry["snapshotError"] = str(exc)
-                problems += 1
-        result["exports"].append(entry)
+    problems: list[Problem] = []
+    settings_ok = True
+    try:
+        settings = _settings(args)
+    except ConfigError as exc:
+        # Still check the export definitions so every problem is listed at once; snapshots and the key need
+        # the real settings (storage root, URL), so those checks wait until the settings are fixed.
+        problems += [Problem("settings", "environment", p, EXIT_CONFIG) for p in exc.problems]
+        settings = Settings(exports_config=args.config or "exports.json")
+        settings_ok = False
+    exports = []
+    try:
+        exports = load_export_definitions(settings)
+    except ConfigError as exc:
+        problems += [Problem("exports", exc.source or settings.exports_config, p, EXIT_CONFIG) for p in exc.problems]
+    result: dict[str, Any] = {"ok": False, "exportsConfig": settings.exports_config, "exports": []}
+    if not problems or exports:
+        _, source_store = make_stores(settings)
+        online = settings_ok and (args.online or (not args.offline and settings.has_api_key_source))
+        result, found = check_configuration(settings, exports, source_store=source_store,
+                                            snapshots=settings_ok and not args.no_snapshots, online=online)
+        if not settings_ok:  # what the default settings would say is not what the fixed ones will
+            result.pop("storage"), result.pop("omnisend")
+        problems += found
+    result["ok"] = not problems
+    result["problems"] = [dataclasses.asdict(p) for p in problems]
     if args.json:
-        print(json.dumps(result, indent=2, ensure_ascii=False))
+        _out(json.dumps(result, indent=2, ensure_ascii=False))
     else:
-        print(f"settings OK; {len(exports)} export(s) in {settings.exports_config}")
-        print(f"  storage: {result['storage']}; Omnisend: {settings.omnisend_base_url} API "
-              f"{settings.omnisend_api_version}, {settings.omnisend_requests_per_minute} requests/min; "
-              f"key: {result['omnisend']['key']}")
-        for e in result["exports"]:
-            state = "enabled" if e["enabled"] else "DISABLED"
-            ack = "" if e["dataTransferAcknowledged"] else ", NOT acknowledged (dataTransferAcknowledged)"
-            snap = (f"snapshot {e['snapshot']} ({len(e['columns'])} columns)" if "snapshot" in e
-                    else f"SNAPSHOT ERROR: {e['snapshotError']}" if "snapshotError" in e else "")
-            print(f"  - {e['name']}: {state}{ack}; {snap}")
-    return EXIT_SNAPSHOT if problems else EXIT_OK
+        _out("\n".join(_check_config_text(result, problems)))
+    return problems[0].exit_code if problems else EXIT_OK
+
+
+def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
+    lines = [f"check-config: {result['exportsConfig']} ({_plural(len(result['exports']), 'export')})"]
+    if "storage" in result:
+        o = result["omnisend"]
+        lines.append(f"  storage    {result['storage']}")
+        key = {"accepted": "accepted by Omnisend", "refused": "REFUSED", "not checked": "not checked"}.get(
+            o.get("keyCheck", ""), "not checked (offline)")
+        lines.append(f"  Omnisend   {o['baseUrl']} API {o['apiVersion']}, {o['requestsPerMinute']} requests/min; "
+                     f"key: {o['key']}, {key}")
+    for e in result["exports"]:
+        if not e["enabled"]:
+            lines.append(f"  - {e['name']}: disabled (not checked)")
+        elif "snapshot" in e:
+            columns = "a mapped column is missing" if e.get("columnProblems") else "every mapped column found"
+            lines.append(f"  - {e['name']}: snapshot {e['snapshot']} ({_plural(len(e['columns']), 'column')}); "
+                         f"{columns}")
+        elif "snapshotError" in e:
+            lines.append(f"  - {e['name']}: snapshot NOT FOUND")
+        else:
+            lines.append(f"  - {e['name']}: snapshot not checked")
+    if problems:
+        lines.append(f"FAILED: {_plural(len(problems), 'problem')}")
+        for p in problems:
+            text = p.message.replace("\n", "\n      ")
+            lines.append(f"  - [{p.check}] {p.where}: {text}")
+    else:
+        lines.append("OK: no problems found")
+    return lines
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.app import build_context
+    from shared.pipeline import list_runs
+    from shared.report_text import runs_lines, with_config
 
-    ctx = build_context(_settings(args))
-    runs = __import__("shared.pipeline", fromlist=["list_runs"]).list_runs(ctx, args.name)
+    runs = list_runs(build_context(_settings(args)), args.name)
     if args.json:
-        print(json.dumps(runs, indent=2))
-    elif not runs:
-        print(f"no runs of {args.name!r} yet")
+        _out(json.dumps(runs, indent=2))
     else:
-        for r in runs:
-            counts = f"sent {r['sent']:,} failed {r['failed']:,}" if r["sent"] is not None else ""
-            print(f"{r['runId']:<28} {r['startedAt']}  {r['status']:<10} snapshot {r['snapshot']}  {counts}")
+        shown = [with_config({**r, "export": args.name}, args.config) for r in runs]
+        _out("\n".join(runs_lines(args.name, shown)))
     return EXIT_OK
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.pipeline import list_runs, run_status
+    from shared.report_text import status_lines, with_config
 
     ctx = build_context(_settings(args))
     run_id = args.run_id
@@ -279,34 +298,60 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if status is None:
         raise ConfigError(f"no run {run_id!r} of {args.name!r}; see: python -m shared runs {args.name}",
                           source="report")
-    shown = status.get("report", status)
+    if "report" in status:
+        status = {**status, "report": with_config(status["report"], args.config)}
     if args.json:
-        print(json.dumps(shown, indent=2, ensure_ascii=False))
-    elif "report" in status:
-        _print_report(status["report"])
+        _out(json.dumps(status.get("report", status), indent=2, ensure_ascii=False))
     else:
-        print(json.dumps(status, indent=2))
+        _out("\n".join(status_lines(status)))
     return EXIT_OK
+
+
+def _quiet_closed_pipes() -> None:
+    """A reader that left (``| head``) must not turn into a traceback or exit 120 when Python flushes at exit."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        return _run(args)
+    except ModuleNotFoundError as exc:
+        # The product's dependencies live in the project's virtual environment; a bare python has none of them.
+        print(
+            f"error: the Python package {exc.name!r} is not installed for {sys.executable}: activate the project's "
+            "virtual environment first (source .venv/bin/activate; ./dev sample creates it), or run "
+            ".venv/bin/python -m shared ...",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+
+
+def _run(args: argparse.Namespace) -> int:
+    # -v: every log line (stages, batches, each retry). Otherwise only errors as they come; warnings (retries) are
+    # summed up once per interval by the export's progress output (shared/progress.py WarningSummary).
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.INFO if args.verbose else logging.ERROR)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
                 "report": _cmd_report}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        _err("\ninterrupted: run the same command again to resume")
         return EXIT_INTERRUPTED
     except ExporterError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _err(f"error: {exc}")
         return getattr(exc, "exit_code", EXIT_RUN_FAILED)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    _quiet_closed_pipes()
+    sys.exit(code)

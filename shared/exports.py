@@ -54,6 +54,9 @@ MAX_CUSTOM_PROPERTIES = 200  # Omnisend: at most 200 custom properties per conta
 CONTAINER_NAME_RE = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 DEFAULT_MAX_EXIT_FRACTION = 0.2
+# Mapping guard: a run that rejects more than this share of its rows sends nothing and fails. Half the rows
+# unusable almost always means a wrong column mapping or a broken snapshot, not dirty data.
+DEFAULT_MAX_REJECTED_FRACTION = 0.5
 
 TOP_KEYS = ("exports",)
 EXPORT_KEYS = (
@@ -67,6 +70,7 @@ EXPORT_KEYS = (
     "newContactStatus",
     "sendWelcomeMessage",
     "maxExitFraction",
+    "maxRejectedFraction",
     "consent",
 )
 SOURCE_KEYS = ("container", "path", "table", "file", "prefix")
@@ -112,6 +116,7 @@ class ExportDefinition:
     send_welcome_message: bool = False
     max_exit_fraction: float = DEFAULT_MAX_EXIT_FRACTION
     consent: ConsentMapping | None = None
+    max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
 
 
 class ExportNotRunnable(FailRun):
@@ -350,6 +355,10 @@ class _Validator:
         status = self.choice(obj, "newContactStatus", where, CHANNEL_STATUSES, "nonSubscribed")
         welcome = self.flag(obj, "sendWelcomeMessage", where, False)
         fraction = self.fraction(obj, where)
+        rejected_fraction = self.fraction(
+            obj, where, "maxRejectedFraction", DEFAULT_MAX_REJECTED_FRACTION,
+            "the largest share of a snapshot's rows that may be rejected before the run sends nothing and fails",
+        )
         consent = self.consent(obj["consent"], f"{where}.consent") if "consent" in obj else None
         if len(self.problems) > before or name is None or source is None or mapping is None:
             return None
@@ -366,6 +375,7 @@ class _Validator:
             send_welcome_message=welcome,
             max_exit_fraction=fraction,
             consent=consent,
+            max_rejected_fraction=rejected_fraction,
         )
 
     def source(self, value: Any, where: str) -> Source | None:
@@ -479,15 +489,14 @@ class _Validator:
                 seen.add(tag)
         return tuple(t for t in value if isinstance(t, str))
 
-    def fraction(self, obj: dict, where: str) -> float:
-        value = obj.get("maxExitFraction", DEFAULT_MAX_EXIT_FRACTION)
+    def fraction(
+        self, obj: dict, where: str, key: str = "maxExitFraction", default: float = DEFAULT_MAX_EXIT_FRACTION,
+        meaning: str = "the largest share of the previous segment that may leave in one run",
+    ) -> float:
+        value = obj.get(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-            self.problem(
-                f"{where}.maxExitFraction",
-                f"expected a number from 0 to 1 (the largest share of the previous segment that may leave in one "
-                f"run), got {json.dumps(value)}",
-            )
-            return DEFAULT_MAX_EXIT_FRACTION
+            self.problem(f"{where}.{key}", f"expected a number from 0 to 1 ({meaning}), got {json.dumps(value)}")
+            return default
         return float(value)
 
     def consent(self, value: Any, where: str) -> ConsentMapping | None:

@@ -14,7 +14,8 @@ from shared import pipeline
 from shared.errors import FailRun, RetryLater
 from shared.exports import ExportDefinition
 from shared.names import RUNS_CONTAINER
-from shared.progress import Progress
+from shared.omnisend.client import TAGS_REQUESTS_PER_MINUTE, TAGS_SAFETY_FACTOR, UNTAG_MAX_EMAILS
+from shared.progress import Progress, plural
 from shared.runs import RunPaths
 
 log = logging.getLogger("exporter")
@@ -33,6 +34,8 @@ SEND_ROUNDS = 3
 SEND_ROUND_PAUSE_SECONDS = 30.0
 # Consecutive failed polls before the open batches are given up as "could not confirm".
 VERIFY_GIVE_UP_ROUNDS = 20
+# What the untag step is paced at (shown to the user): the client's own pacing of /contacts/tags.
+UNTAG_RATE = TAGS_REQUESTS_PER_MINUTE * TAGS_SAFETY_FACTOR
 
 
 def run_export(
@@ -58,16 +61,15 @@ def run_export(
         # It may have stopped (bad key, unreadable snapshot): it is running again.
         ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, started.run_id).failure)
     try:
+        progress.phase("planning")
+        total_bytes = pipeline.read_started(ctx, export.name, started.run_id)["source"].get("total_bytes", 0)
         manifest = pipeline.plan(
             ctx, export, started.run_id,
-            progress=lambda rows, nbytes: progress.planning(rows, nbytes),
+            progress=lambda rows, nbytes: progress.planning(rows, nbytes, total_bytes),
         )
-        progress.note(
-            f"planned {manifest['rows']:,} rows: {manifest['toSend']:,} to send in {manifest['batches']:,} batches, "
-            f"{manifest['unchanged']:,} unchanged, {manifest['rejected']:,} rejected, "
-            f"{manifest['duplicates']:,} duplicates ({manifest['planSeconds']:.1f}s)"
-        )
+        progress.planned(_planned_text(manifest))
         sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
+        _show_finalising(ctx, export, manifest, options, progress)
         report = pipeline.finalise(ctx, export, started.run_id)
     except FailRun as exc:
         pipeline.fail_run(ctx, export.name, started.run_id, exc)
@@ -87,13 +89,15 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
     pending = {n for n in attempts if n not in done}
     to_send = [n for n in range(1, total + 1) if n not in done and n not in attempts]
     rpm = ctx.settings.omnisend_requests_per_minute
-    t0 = time.monotonic()
     requests0 = ctx.client.requests_made if to_send or pending else 0
     failed_polls = 0
+    failed: set[int] = set()  # batches that failed as a whole (refused, or Omnisend kept failing)
+    progress.phase("sending")
 
     def show(force: bool = False) -> None:
-        progress.sending(len(done), len(done) + len(pending), total,
-                         ctx.client.requests_made - requests0, t0, rpm, force)
+        if total:
+            progress.sending(len(done) + len(pending), len(done - failed), len(failed), total,
+                             ctx.client.requests_made - requests0, rpm, force)
 
     sending: dict[str, Any] = {"seconds": 0.0, "requests": 0, "batches": len(to_send)}
     send_t0, send_r0 = time.perf_counter(), ctx.client.requests_made if to_send else 0
@@ -117,6 +121,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                         pending.add(n)
                     else:
                         done.add(n)
+                        failed.add(n)
             elif pending:
                 sleep(POLL_INTERVAL_SECONDS)
             if pending and (len(pending) >= POLL_MIN_PENDING or not futures):
@@ -130,6 +135,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                         for n in sorted(pending):
                             pipeline.record_batch_failure(ctx, export, run_id, n, f"could not confirm: {exc}")
                             done.add(n)
+                            failed.add(n)
                         pending.clear()
                     continue
                 for n in result.done:
@@ -139,6 +145,33 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
     sending_ended()
     show(force=True)
     return sending
+
+
+def _planned_text(manifest: dict[str, Any]) -> str:
+    return (
+        f"{plural(manifest['rows'], 'row')}: {manifest['toSend']:,} to send in {plural(manifest['batches'], 'batch')}, "
+        f"{manifest['unchanged']:,} unchanged, {manifest['rejected']:,} rejected, "
+        f"{plural(manifest['duplicates'], 'duplicate')}"
+        + (", STOPPED by the mapping guard (nothing is sent)" if manifest.get("guard") else "")
+    )
+
+
+def _show_finalising(ctx, export: ExportDefinition, manifest: dict[str, Any], options: pipeline.RunOptions,
+                     progress: Progress) -> None:
+    """Name the untag step when there is one (at 54 requests/min it can take minutes), then finalising."""
+    from shared.pipeline.plan import _mass_exit_tripped
+
+    leavers = manifest.get("leavers", 0)
+    if leavers and export.on_exit == "untag" and export.tags and ctx.api_version != "v3" and not manifest.get("guard"):
+        previous = manifest.get("previousMembers", 0)
+        if _mass_exit_tripped(export, leavers, previous, options.allow_mass_exit):
+            progress.phase("untagging", f"held: {leavers:,} of {previous:,} members left, more than maxExitFraction "
+                                        f"{export.max_exit_fraction:g}; nobody is untagged")
+        else:
+            calls = -(-leavers // UNTAG_MAX_EMAILS)
+            progress.phase("untagging", f"{plural(leavers, 'leaver')}: removing the export's tags, "
+                                        f"{plural(calls, 'request')} at most {UNTAG_RATE:g}/min")
+    progress.phase("finalising", "committing the membership state, writing the report and rejected.csv")
 
 
 def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:

@@ -203,6 +203,15 @@ class OmnisendClient:
             )
         return str(batch_id)
 
+    def preflight(self) -> None:
+        """One read-only request that needs the key, before any write: proves the base URL, the API version and
+        the key. ``GET /batches?endpoint=contacts&limit=1`` is the cheapest authenticated read on both API versions
+        (one small page, no contact data). Raises AuthRejected, RetryLater (unreachable) or UnexpectedResponse."""
+        path = "/batches"
+        resp = self._request("GET", path, params={"endpoint": "contacts", "limit": 1})
+        if resp.status_code >= 300:
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+
     def batch_statuses(self, batch_ids: Collection[str]) -> dict[str, BatchStatus]:
         """Statuses of ``batch_ids``, cheaply: list pages first (250 batches a request), then one GET per id not seen.
 

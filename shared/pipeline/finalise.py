@@ -10,6 +10,7 @@ from typing import Any
 from shared.contacts import email_key
 from shared.errors import RetryLater
 from shared.exports import ExportDefinition
+from shared.failures import failed_row_for_csv, failure_message
 from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
@@ -54,6 +55,8 @@ def _finalise_claimed(
 ) -> dict[str, Any]:
     started = read_started(ctx, export.name, run_id)
     options = RunOptions(**started["options"])
+    if manifest.get("guard"):
+        return _finalise_guarded(ctx, export, run_id, paths, manifest, started)
 
     sent = 0
     requests = 0
@@ -123,10 +126,11 @@ def _finalise_claimed(
         entries.extend((e, fp) for e, fp in zip(full_previous.emails, full_previous.fingerprints, strict=True)
                        if e in leaver_set)
     state_bytes = save_state(ctx.state_store, export.name, entries)
+    if failed_rows:  # a non-succeeded status always says its cause
+        message = " ".join(m for m in (message, failure_message(failed_rows, status)) if m)
 
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
-    failed_csv = rejected_csv([{**row, "bucket": "failed", "reason": "Omnisend refused the contact"}
-                               for row in failed_rows]).decode("utf-8")
+    failed_csv = rejected_csv([failed_row_for_csv(row) for row in failed_rows]).decode("utf-8")
     body = plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])
     ctx.state_store.write(RUNS, paths.rejected, body.encode("utf-8"))
 
@@ -166,4 +170,28 @@ def _finalise_claimed(
         export.name, run_id, status, report["rows"], sent, len(failed_rows), report["rejected"],
         report["duplicates"], report["unchanged"], len(leaver_emails), untagged, requests,
     )
+    return report
+
+
+def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
+                      manifest: dict[str, Any], started: dict[str, Any]) -> dict[str, Any]:
+    """A run the mapping guard stopped at planning: nothing was sent, nobody is untagged, the state is untouched
+    (a wrong mapping must not make every member a leaver). Its planned rows are in plan-rejected.csv as failed."""
+    guard = manifest["guard"]
+    ctx.state_store.write(RUNS, paths.rejected, ctx.state_store.read(RUNS, paths.plan_rejected))
+    now = ctx.clock()
+    report = {
+        "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
+        "message": guard["message"], "apiVersion": manifest["apiVersion"], "rows": manifest["rows"],
+        "valid": manifest["valid"], "rejected": manifest["rejected"], "duplicates": manifest["duplicates"],
+        "unchanged": manifest["unchanged"], "sent": 0, "failed": guard["notSent"], "leavers": 0, "untagged": 0,
+        "batches": 0, "requests": 0, "droppedFields": manifest["droppedFields"], "mappingGuard": guard,
+        "startedAt": started["startedAt"], "finishedAt": _now_iso(lambda: now),
+        "durationSeconds": round(now - started["startedAtEpoch"], 3),
+        "trigger": started["options"].get("trigger", "cli"),
+        "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
+    }
+    check_accounting(report)
+    ctx.state_store.write(RUNS, paths.report, dumps(report))
+    log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
     return report

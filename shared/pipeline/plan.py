@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import struct
 import sys
 import threading
@@ -47,6 +48,10 @@ WRITE_AHEAD = 100
 # Dry-run reports show this many sample payloads and rejected rows (every value masked: see _mask_payload).
 DRY_RUN_SAMPLES = 5
 DRY_RUN_REJECTED_SAMPLES = 20
+# Rejection reasons quoted in a mapping-guard message and a dry run, most frequent first, and how many masked
+# file:line samples each: enough to recognise a wrong mapping without listing people.
+TOP_REASONS = 3
+REASON_SAMPLES = 3
 
 # ---------------------------------------------------------------------------------------------------- plan
 
@@ -279,6 +284,12 @@ def plan(
         counts, planned = _plan_rows(
             ctx, export, snapshot, state, options.full_resync, writer, rejected.append, None, progress
         )
+    guard = mapping_guard(export, counts, rejected)
+    if guard is not None:
+        # Nothing of this run may reach Omnisend: the planned contacts become "failed" rows and their payloads go.
+        rejected.extend(_unsend(ctx, paths, writer.count, guard["reason"]))
+        writer.sizes, writer._change_parts, counts.batches = [], [], 0
+        log.warning("plan export=%s runId=%s %s", export.name, run_id, guard["message"])
     planned = array("Q", sorted(planned))
     ctx.state_store.write(RUNS, paths.changes, writer.changes())
     ctx.state_store.write(RUNS, paths.planned_keys, zlib.compress(planned.tobytes(), 1))
@@ -299,6 +310,7 @@ def plan(
         "leavers": counts.leavers,
         "previousMembers": counts.previous_members,
         "droppedFields": dict(counts.dropped_fields),
+        "guard": guard,
         "plannedAt": _now_iso(ctx.clock),
         "planSeconds": round(time.perf_counter() - t0, 3),
     }
@@ -329,6 +341,7 @@ def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> dict
             ctx, export, snapshot, state, options.full_resync, writer, rejected.append,
             lambda p: samples.append(_mask_payload(p)), None,
         )
+    guard_tripped = mapping_guard(export, counts, rejected)
     would_untag = counts.leavers if export.on_exit == "untag" and export.tags else 0
     guard = _mass_exit_tripped(export, counts.leavers, counts.previous_members, options.allow_mass_exit)
     untag_calls = -(-would_untag // 250) if ctx.api_version != "v3" and not guard else 0
@@ -352,6 +365,8 @@ def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> dict
         "leavers": counts.leavers,
         "wouldUntag": 0 if guard or ctx.api_version == "v3" else would_untag,
         "massExitGuard": guard,
+        "mappingGuard": guard_tripped["message"] if guard_tripped else None,
+        "rejectedReasons": rejection_reasons(rejected),
         "droppedFields": dict(counts.dropped_fields),
         "estimatedRequests": requests + untag_calls,
         "estimatedSeconds": round(seconds, 1),
@@ -389,6 +404,53 @@ def _mask_value(value: Any, key: str = "") -> Any:
     if not isinstance(value, str) or key in _SETTING_KEYS or value == OLD_STATUS_DATE:
         return value
     return mask_shape(value)
+
+def rejection_reasons(rows: list[dict[str, Any]], top: int = TOP_REASONS) -> list[dict[str, Any]]:
+    """The ``top`` most frequent reasons of the rejected rows, with counts and masked ``file:line`` samples."""
+    counts: Counter = Counter()
+    samples: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["bucket"] != "rejected":
+            continue
+        reason = row["reason"]
+        counts[reason] += 1
+        kept = samples.setdefault(reason, [])
+        if len(kept) < REASON_SAMPLES:
+            kept.append({"file": row["file"], "line": row["line"], "email": mask_email(row["email"])})
+    return [{"reason": r, "count": n, "samples": samples[r]} for r, n in counts.most_common(top)]
+
+
+def mapping_guard(export: ExportDefinition, counts: PlanCounts, rejected: list[dict[str, Any]]) -> dict | None:
+    """The mapping guard: a snapshot with no valid row, or more rejected rows than ``maxRejectedFraction`` allows,
+    almost always means a wrong mapping (email mapped to another column) or a broken snapshot. Such a run sends
+    nothing and fails, saying the top reasons. None when the run may go on."""
+    rows = counts.rows
+    if rows == 0 or (counts.valid > 0 and counts.rejected <= export.max_rejected_fraction * rows):
+        return None
+    top = rejection_reasons(rejected)
+    reasons = "; ".join(f"{r['reason']} ({r['count']:,})" for r in top)
+    share = f"{counts.rejected:,} of {rows:,} rows rejected ({100 * counts.rejected / rows:.0f}%)"
+    limit = f"more than maxRejectedFraction {export.max_rejected_fraction:g}"
+    why = "no row is valid" if counts.valid == 0 else limit
+    message = (
+        f"mapping guard: {share}, {why}, so nothing was sent and nobody was untagged. Top reasons: {reasons}. "
+        f'Check the export\'s mapping (email is read from column "{export.mapping["email"]}") and the snapshot; '
+        "if the data really is this dirty, raise maxRejectedFraction in the export definition"
+    )
+    reason = f"not sent: the mapping guard stopped the run ({share})"
+    return {"message": message, "reason": reason, "rejected": counts.rejected, "rows": rows,
+            "maxRejectedFraction": export.max_rejected_fraction, "notSent": counts.to_send, "topReasons": top}
+
+
+def _unsend(ctx: Context, paths: RunPaths, batches: int, reason: str) -> list[dict[str, Any]]:
+    """The rows of the batches already written, as "failed" rows with ``reason``; the batch files are deleted."""
+    rows: list[dict[str, Any]] = []
+    for n in range(1, batches + 1):
+        batch = json.loads(ctx.state_store.read(RUNS, paths.batch(n)))
+        rows += [{"bucket": "failed", "file": f, "line": line, "email": email, "reason": reason}
+                 for f, line, email, _ in batch["rows"]]
+        ctx.state_store.delete(RUNS, paths.batch(n))
+    return rows
 
 
 def _mask_payload(payload: dict[str, Any]) -> dict[str, Any]:

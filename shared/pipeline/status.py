@@ -56,7 +56,8 @@ def list_runs(ctx: Context, export: str) -> list[dict[str, Any]]:
             started = json.loads(ctx.state_store.read(RUNS, obj.name))
             paths = RunPaths(export, started["runId"])
             report = read_json(ctx.state_store, RUNS, paths.report)
-            stopped = report is None and ctx.state_store.exists(RUNS, paths.failure)
+            failure = None if report else read_json(ctx.state_store, RUNS, paths.failure)
+            stopped = failure is not None
             runs.append({
                 "runId": started["runId"],
                 "snapshot": started["snapshot"],
@@ -64,6 +65,7 @@ def list_runs(ctx: Context, export: str) -> list[dict[str, Any]]:
                 "status": report["status"] if report else "failed" if stopped else "running",
                 "sent": report.get("sent") if report else None,
                 "failed": report.get("failed") if report else None,
+                "message": (report or failure or {}).get("message", ""),
             })
     runs.sort(key=lambda r: r["startedAt"], reverse=True)
     return runs

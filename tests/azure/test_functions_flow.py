@@ -288,3 +288,19 @@ def test_a_refused_key_stops_the_run_and_starting_it_again_resumes_it(tmp_path, 
         assert report["status"] == "succeeded" and report["sent"] == len(omnisend.contacts()) == 1_000
     finally:
         function_app._orchestrator = None
+
+
+def test_a_wrong_mapping_stops_at_planning_sends_nothing_and_fails_with_the_reason(flow):
+    # email mapped to a number column: every row is rejected, so the mapping guard stops the run at planning.
+    definition = {"exports": [{
+        "name": flow.export,
+        "source": {"container": flow.source_container, "path": sample_data.EXPORT_PATH, "table": sample_data.TABLE},
+        "mapping": {"email": "LifetimeValue"}, "tags": ["ci-vip"], "dataTransferAcknowledged": True,
+    }]}
+    flow.blobs.get_container_client(names.CONFIG_CONTAINER).upload_blob(
+        f"{flow.export}.json", json.dumps(definition), overwrite=True)
+    run_id = json.loads(flow.start().get_body())["runId"]
+    flow.run_to_end()
+    report = flow.status(run_id)["report"]
+    assert report["status"] == "failed" and report["message"].startswith("mapping guard: 1,000 of 1,000 rows rejected")
+    assert flow.sim.state()["stats"]["write_requests"] == 0

@@ -333,3 +333,20 @@ def test_source_names_that_leave_their_folder_are_refused_with_the_field():
 def test_deeply_nested_json_is_a_configuration_error_not_a_crash():
     with pytest.raises(ConfigError, match="nested too deeply"):
         load_exports('{"exports": ' + "[" * 100_000 + "]" * 100_000 + "}", source="test")
+
+def test_max_rejected_fraction_defaults_to_half():
+    assert load_exports(one_export(), "inline")[0].max_rejected_fraction == 0.5
+
+
+def test_max_rejected_fraction_accepts_the_bounds():
+    assert load_exports(one_export(maxRejectedFraction=0), "inline")[0].max_rejected_fraction == 0.0
+    assert load_exports(one_export(maxRejectedFraction=1), "inline")[0].max_rejected_fraction == 1.0
+
+
+def test_max_rejected_fraction_outside_0_to_1_is_an_error_saying_what_it_means():
+    with pytest.raises(ConfigError) as caught:
+        load_exports(one_export(maxRejectedFraction="50%"), "inline")
+    assert caught.value.problems == [
+        "exports[0].maxRejectedFraction: expected a number from 0 to 1 (the largest share of a snapshot's rows that "
+        'may be rejected before the run sends nothing and fails), got "50%"'
+    ]
