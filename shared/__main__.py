@@ -6,11 +6,14 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 from typing import Any
 
 from shared.errors import ConfigError, ExporterError, FailRun
 from shared.settings import Settings
+from shared.stopping import Interrupted, StopSignal
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -28,9 +31,11 @@ exit codes:
   2    configuration error: settings, export definitions, or an export that is disabled / not acknowledged
   3    the run failed for another reason (message says which); run the same command again to resume it
   4    the segment snapshot cannot be read (no model.json, unknown table, not UTF-8, no partitions, ...)
-  5    Omnisend refused the API key, or no key could be read (Key Vault)
+  5    Omnisend refused the API key (or it lacks a permission), or no key could be read from Key Vault
+       (unreachable, access denied, or no such secret: the message says which)
   6    held: more members left the segment than maxExitFraction allows; confirm with --allow-mass-exit
-  130  interrupted (Ctrl-C); run the same command again to resume
+  130  interrupted (Ctrl-C / SIGTERM: the requests in flight finish; a second Ctrl-C abandons them);
+       run the same command again to resume
 """
 
 DESCRIPTION = """\
@@ -181,8 +186,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     settings = _settings(args)
     settings, sim = _with_local_simulator(settings, progress.note)
+    stop = StopSignal()
+    _stop_on_signals(stop)
     try:
-        ctx = build_context(settings)
+        ctx = build_context(settings, stop=stop)
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
                              allow_mass_exit=args.allow_mass_exit)
@@ -197,6 +204,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return EXIT_OK if report.get("dryRun") or report.get("alreadyExported") else _exit_code_for(report)
+
+
+def _stop_on_signals(stop: StopSignal) -> None:
+    """SIGINT / SIGTERM: stop submitting at once (the requests in flight finish, the run stays resumable, exit 130).
+    A second one abandons the requests in flight: exit 130 at once; the same command resumes the run (a batch
+    whose answer was abandoned is submitted again, which Omnisend's upsert-by-email makes harmless)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.stop(Interrupted()):
+            return
+        # os.write, not print: the main thread may be inside a write to stderr when the signal arrives.
+        os.write(2, f"\nabandoning {stop.in_flight} request(s) in flight; run the same command again to resume\n"
+                 .encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -302,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ExporterError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -23,8 +23,11 @@ from typing import Any, Protocol
 from shared import names, pipeline
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import ExportDefinition, ExportNotRunnable, find_export
+from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
+from shared.preflight import preflight
 from shared.queues import StageMessage
 from shared.runs import RunPaths, read_json
+from shared.secrets import ApiKeyUnavailable
 
 log = logging.getLogger("exporter")
 
@@ -42,6 +45,9 @@ SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
 STALE_PLAN_SECONDS = 15 * 60
 # Must equal host.json extensions.queues.maxDequeueCount (tests/azure check it): used in the poison reason.
 HOST_MAX_DEQUEUE_COUNT = 5
+# Errors that would be the same for every message of a run (ARCHITECTURE §4 rule 10): a refused key, no key from
+# Key Vault, no answer from Omnisend (the client's circuit breaker), a wrong base URL.
+STOPS_THE_RUN = (AuthRejected, ApiKeyUnavailable, OmnisendUnreachable, BaseUrlNotFound)
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
 
@@ -134,6 +140,9 @@ class Orchestrator:
         paths = RunPaths(export.name, message.run_id)
         self.ctx.state_store.delete(names.RUNS_CONTAINER, paths.failure)
         try:
+            # Before any send is queued: a refused key, a wrong URL or an unreachable Omnisend stop the run here
+            # (one or two requests) instead of once per queued batch. A RetryLater re-delivers this message.
+            preflight(self.ctx, export.name, message.run_id)
             manifest = pipeline.plan(self.ctx, export, message.run_id)
         except FailRun as exc:
             pipeline.fail_run(self.ctx, export.name, message.run_id, exc)
@@ -164,7 +173,9 @@ class Orchestrator:
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
         try:
             outcome = pipeline.send_batch(self.ctx, export, run_id, n)
-        except AuthRejected as exc:
+        except STOPS_THE_RUN as exc:
+            # The same for every batch of the run: it is marked stopped once; its later messages end without a
+            # request.
             pipeline.fail_run(self.ctx, export, run_id, exc)
             log.error("send export=%s runId=%s batch=%d: %s", export, run_id, n, exc)
             return "run-stopped"
@@ -192,6 +203,11 @@ class Orchestrator:
             outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)))
         except RetryLater as exc:
             self._requeue_verify(message, rounds, max(exc.retry_after or 0, self.verify_delay))
+            return None
+        except STOPS_THE_RUN as exc:
+            # Fatal for the whole run: stop it once (starting it again queues fresh verify messages).
+            pipeline.fail_run(self.ctx, export, run_id, exc)
+            log.error("verify export=%s runId=%s batches=%d-%d: %s", export, run_id, first, last, exc)
             return None
         if outcome.pending or outcome.unsent:
             if rounds + 1 >= VERIFY_MAX_ROUNDS:
