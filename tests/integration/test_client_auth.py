@@ -27,7 +27,10 @@ def make_client(sim, keys: CountingKeys, version: str = "2026-03-15") -> Omnisen
     return OmnisendClient(base_url=sim.base_url, api_version=version, api_key=keys, pacer=Pacer(60_000))
 
 
-REFUSED = {401: "Omnisend refused the API key (401)", 403: "the key was refused or lacks permission for POST /v3/batches"}
+REFUSED = {
+    401: "Omnisend refused the API key (401)",
+    403: "the key was refused or lacks permission for POST /v3/batches",
+}
 
 
 @pytest.mark.parametrize(("version", "auth_status"), [("2026-03-15", 401), ("v3", 401), ("v3", 403)])
