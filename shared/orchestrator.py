@@ -45,6 +45,10 @@ SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
 STALE_PLAN_SECONDS = 15 * 60
 # Must equal host.json extensions.queues.maxDequeueCount (tests/azure check it): used in the poison reason.
 HOST_MAX_DEQUEUE_COUNT = 5
+# A preflight that got no answer puts the plan message back this much later, at most this many times: by then
+# the instance's circuit breaker (shared/omnisend/breaker.py, ≥ 5 s without an answer) has decided.
+PREFLIGHT_RETRY_SECONDS = 5
+PREFLIGHT_MAX_REQUEUES = 6
 # Errors that would be the same for every message of a run (ARCHITECTURE §4 rule 10): a refused key, no key from
 # Key Vault, no answer from Omnisend (the client's circuit breaker), a wrong base URL.
 STOPS_THE_RUN = (AuthRejected, ApiKeyUnavailable, OmnisendUnreachable, BaseUrlNotFound)
@@ -59,12 +63,14 @@ class Queues(Protocol):
 class Orchestrator:
     def __init__(self, ctx: pipeline.Context, queues: Queues, load_exports: Callable[[], list[ExportDefinition]],
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
-                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS) -> None:
+                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
+                 preflight_retry_delay: int = PREFLIGHT_RETRY_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
         self.verify_delay = verify_delay
         self.send_backoff = send_backoff
+        self.preflight_retry_delay = preflight_retry_delay
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -141,8 +147,9 @@ class Orchestrator:
         self.ctx.state_store.delete(names.RUNS_CONTAINER, paths.failure)
         try:
             # Before any send is queued: a refused key, a wrong URL or an unreachable Omnisend stop the run here
-            # (one or two requests) instead of once per queued batch. A RetryLater re-delivers this message.
-            preflight(self.ctx, export.name, message.run_id)
+            # (one or two requests) instead of once per queued batch.
+            if not self._preflight(export.name, message):
+                return {"requeued": "preflight"}
             manifest = pipeline.plan(self.ctx, export, message.run_id)
         except FailRun as exc:
             pipeline.fail_run(self.ctx, export.name, message.run_id, exc)
@@ -165,6 +172,21 @@ class Orchestrator:
         if total == 0:
             self._finalise(export, message.run_id)
         return manifest
+
+    def _preflight(self, export: str, message: StageMessage) -> bool:
+        """False when the plan message was put back for later: no answer from Omnisend yet, and this instance's
+        circuit breaker has not decided (it opens after BREAKER_MIN_SECONDS, raising OmnisendUnreachable). A
+        429/5xx proves nothing either way: planning goes on and the sends retry as usual."""
+        try:
+            preflight(self.ctx, export, message.run_id)
+        except RetryLater as exc:
+            if exc.status is None and message.attempt < PREFLIGHT_MAX_REQUEUES:
+                self.queues.send(names.PLAN_QUEUE, message.retried(), delay_seconds=self.preflight_retry_delay)
+                log.warning("plan export=%s runId=%s: preflight got no answer, again in %ss: %s", export,
+                            message.run_id, self.preflight_retry_delay, exc)
+                return False
+            log.warning("plan export=%s runId=%s: preflight inconclusive, going on: %s", export, message.run_id, exc)
+        return True
 
     def on_send(self, message: StageMessage) -> str:
         export, run_id, n = message.export, message.run_id, message.batch
