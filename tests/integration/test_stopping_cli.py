@@ -82,13 +82,15 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_after_sigint_only_the_requests_in_flight_reach_omnisend_and_the_command_exits_130(root, omnisend):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_after_a_stop_signal_only_the_requests_in_flight_reach_omnisend_and_the_command_exits_130(
+        root, omnisend, signum):
     omnisend.configure(latency=0.3)
     env = env_for(root, OMNISEND_API_KEY=KEY, OMNISEND_BASE_URL=omnisend.base_url)
     proc = cli("export", "vip", env=env)
     wait_for(lambda: posts(omnisend) >= 5)
 
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     at_signal = omnisend.stats()["requests_total"]
     _, stderr = proc.communicate(timeout=10)
 
@@ -114,6 +116,24 @@ def test_a_run_stopped_by_sigint_is_resumed_by_the_same_command_and_delivers_eve
     assert report["status"] == "succeeded" and report["sent"] == ROWS
     assert posts(omnisend) == omnisend.stats()["batches_total"] == BATCHES  # no batch was submitted twice
     assert len(omnisend.contacts()) == ROWS
+
+
+def test_sigint_while_planning_stops_before_any_batch_is_sent(tmp_path, omnisend):
+    sample_data.write_export(tmp_path, 150_000, messy=False)  # several seconds of planning on this machine
+    (tmp_path / "exports.json").write_text(json.dumps({"exports": [export_definition()]}))
+    env = env_for(tmp_path, OMNISEND_API_KEY=KEY, OMNISEND_BASE_URL=omnisend.base_url)
+    proc = cli("export", "vip", env=env)
+    wait_for(lambda: omnisend.stats()["requests_total"] >= 1)  # the preflight: planning starts now
+    time.sleep(0.5)
+
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+
+    assert proc.returncode == 130
+    assert time.monotonic() - t0 < 3.0
+    assert omnisend.stats()["write_requests"] == 0
+    assert not list(tmp_path.rglob("manifest.json"))  # planning itself was cut short (it resumes from scratch)
 
 
 def test_a_second_sigint_abandons_the_requests_in_flight(root, omnisend):
