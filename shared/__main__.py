@@ -8,12 +8,14 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from shared.errors import ConfigError, ExporterError
 from shared.progress import plural as _plural
 from shared.settings import Settings
+from shared.stopping import Interrupted, StopSignal
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -31,9 +33,11 @@ exit codes:
   2    configuration error: settings, export definitions, or an export that is disabled / not acknowledged
   3    the run failed for another reason (message says which); run the same command again to resume it
   4    the segment snapshot cannot be read (no model.json, unknown table, not UTF-8, no partitions, ...)
-  5    Omnisend refused the API key, or no key could be read (Key Vault)
+  5    Omnisend refused the API key (or it lacks a permission), or no key could be read from Key Vault
+       (unreachable, access denied, or no such secret: the message says which)
   6    held: more members left the segment than maxExitFraction allows; confirm with --allow-mass-exit
-  130  interrupted (Ctrl-C); run the same command again to resume
+  130  interrupted (Ctrl-C / SIGTERM: the requests in flight finish; a second Ctrl-C abandons them);
+       run the same command again to resume
 """
 
 DESCRIPTION = """\
@@ -183,8 +187,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     settings = _settings(args)
     # A dry run makes no request to Omnisend, so it needs neither a key nor the bundled simulator.
     settings, sim = (settings, None) if args.dry_run else _with_local_simulator(settings, progress.note)
+    stop = StopSignal()
+    _stop_on_signals(stop)
     try:
-        ctx = build_context(settings)
+        ctx = build_context(settings, stop=stop)
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
                              allow_mass_exit=args.allow_mass_exit)
@@ -199,6 +205,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return EXIT_OK if report.get("dryRun") or report.get("alreadyExported") else _exit_code_for(report)
+
+
+def _stop_on_signals(stop: StopSignal) -> None:
+    """SIGINT / SIGTERM: stop submitting at once (the requests in flight finish, the run stays resumable, exit 130).
+    A second one abandons the requests in flight: exit 130 at once; the same command resumes the run (a batch
+    whose answer was abandoned is submitted again, which Omnisend's upsert-by-email makes harmless)."""
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.stop(Interrupted()):
+            return
+        # os.write, not print: the main thread may be inside a write to stderr when the signal arrives.
+        os.write(2, f"\nabandoning {stop.in_flight} request(s) in flight; run the same command again to resume\n"
+                 .encode())
+        os._exit(EXIT_INTERRUPTED)
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -345,6 +368,9 @@ def _run(args: argparse.Namespace) -> int:
         return commands[args.command](args)
     except KeyboardInterrupt:
         _err("\ninterrupted: run the same command again to resume")
+        return EXIT_INTERRUPTED
+    except Interrupted as exc:
+        print(f"\n{exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ExporterError as exc:
         _err(f"error: {exc}")

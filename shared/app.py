@@ -12,6 +12,7 @@ from shared.omnisend import DEFAULT_MAX_ATTEMPTS, OmnisendClient, Pacer
 from shared.omnisend.client import ApiKeyProvider
 from shared.pipeline import Context
 from shared.settings import Settings
+from shared.stopping import StopSignal
 from shared.storage import NotFound, ObjectStore
 
 
@@ -35,9 +36,11 @@ def build_context(
     requests_per_minute: float | None = None,
     key_provider: ApiKeyProvider | None = None,
     stores: tuple[ObjectStore, ObjectStore] | None = None,
+    stop: StopSignal | None = None,
 ) -> Context:
     """``requests_per_minute`` overrides the pacing of this process (the Functions app divides the budget among
-    its instances); by default the whole OMNISEND_REQUESTS_PER_MINUTE budget is this process's."""
+    its instances); by default the whole OMNISEND_REQUESTS_PER_MINUTE budget is this process's. ``stop``: the
+    CLI run's stop flag (Ctrl-C, fatal errors); the pacer's waits end early when it is set."""
     state_store, source_store = stores or make_stores(settings)
     lock = threading.Lock()
     provider_holder: list[ApiKeyProvider] = [key_provider] if key_provider else []
@@ -51,8 +54,9 @@ def build_context(
             base_url=settings.omnisend_base_url,
             api_version=settings.omnisend_api_version,
             api_key=provider_holder[0],
-            pacer=Pacer(rpm),
+            pacer=Pacer(rpm, sleep=stop.sleep) if stop is not None else Pacer(rpm),
             max_attempts=max_attempts,
+            stop=stop,
         )
 
     return Context(settings=settings, state_store=state_store, source_store=source_store,

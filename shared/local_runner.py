@@ -6,7 +6,9 @@ The Azure Functions app drives the same stages through queues; nothing here is n
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
@@ -15,8 +17,10 @@ from shared.errors import FailRun, RetryLater
 from shared.exports import ExportDefinition
 from shared.names import RUNS_CONTAINER
 from shared.omnisend.client import TAGS_REQUESTS_PER_MINUTE, TAGS_SAFETY_FACTOR, UNTAG_MAX_EMAILS
+from shared.preflight import preflight
 from shared.progress import Progress, plural
 from shared.runs import RunPaths
+from shared.stopping import Stopped, StopSignal
 
 log = logging.getLogger("exporter")
 
@@ -36,6 +40,9 @@ SEND_ROUND_PAUSE_SECONDS = 30.0
 VERIFY_GIVE_UP_ROUNDS = 20
 # What the untag step is paced at (shown to the user): the client's own pacing of /contacts/tags.
 UNTAG_RATE = TAGS_REQUESTS_PER_MINUTE * TAGS_SAFETY_FACTOR
+# How often the send loop looks at the stop flag (Ctrl-C) and, when stopping, at the requests still in flight:
+# the operator sees "stopping: N requests in flight" within this long.
+STOP_CHECK_SECONDS = 0.2
 
 
 def run_export(
@@ -43,11 +50,15 @@ def run_export(
     export: ExportDefinition,
     options: pipeline.RunOptions,
     progress: Progress | None = None,
-    sleep=time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
+    """Run one export to its end. Raises the fatal error that stopped it (the run is then recorded as stopped and
+    resumable), or ``Interrupted`` when its StopSignal was set by the operator (the run is left as it is)."""
     progress = progress or Progress(enabled=False)
     if options.dry_run:
         return pipeline.dry_run(ctx, export, options)
+    stop = ctx.client.stop
+    sleep = sleep or stop.sleep
     started = pipeline.start_run(ctx, export, options)
     if started.finished:
         report = pipeline.run_status(ctx, export.name, started.run_id)["report"]
@@ -60,18 +71,27 @@ def run_export(
         progress.note(f"resuming run {started.run_id}: batches already confirmed are not sent again")
         # It may have stopped (bad key, unreadable snapshot): it is running again.
         ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, started.run_id).failure)
+
     try:
-        progress.phase("planning")
-        total_bytes = pipeline.read_started(ctx, export.name, started.run_id)["source"].get("total_bytes", 0)
-        manifest = pipeline.plan(
-            ctx, export, started.run_id,
-            progress=lambda rows, nbytes: progress.planning(rows, nbytes, total_bytes),
-        )
-        progress.planned(_planned_text(manifest))
-        sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
-        _show_finalising(ctx, export, manifest, options, progress)
-        report = pipeline.finalise(ctx, export, started.run_id)
+        try:
+            _preflight(ctx, export.name, started.run_id)
+            progress.phase("planning")
+            total_bytes = pipeline.read_started(ctx, export.name, started.run_id)["source"].get("total_bytes", 0)
+
+            def planning(rows: int, nbytes: int) -> None:
+                stop.check()  # Ctrl-C while planning: stop at the next progress tick, not after the whole snapshot
+                progress.planning(rows, nbytes, total_bytes)
+
+            manifest = pipeline.plan(ctx, export, started.run_id, progress=planning)
+            stop.check()
+            progress.planned(_planned_text(manifest))
+            sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
+            _show_finalising(ctx, export, manifest, options, progress)
+            report = pipeline.finalise(ctx, export, started.run_id)
+        except Stopped as exc:
+            raise exc.reason from None
     except FailRun as exc:
+        stop.stop(exc)
         pipeline.fail_run(ctx, export.name, started.run_id, exc)
         raise
     finally:
@@ -81,10 +101,24 @@ def run_export(
     return {**report, "sending": sending}
 
 
+def _preflight(ctx, export: str, run_id: str) -> None:
+    """Prove URL, API version and key with one read before anything is written (see shared/preflight.py).
+    A refused key, a wrong URL and an unreachable Omnisend end the run here, before the first batch. A 429/5xx
+    the client's retries did not get past proves nothing either way: the run goes on, and its sends retry."""
+    try:
+        preflight(ctx, export, run_id)
+    except RetryLater as exc:
+        log.warning("preflight inconclusive, going on: %s", exc)
+
+
 def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progress, sleep) -> dict[str, Any]:
     """Submit every unsent batch and poll until each has a result. Returns how the sending phase used the
-    budget: seconds from the first to the last submission and the requests made in between (polls included)."""
+    budget: seconds from the first to the last submission and the requests made in between (polls included).
+
+    When the run's StopSignal is set (Ctrl-C, or a fatal error in any thread) no batch is started any more; the
+    requests already in flight finish, then ``Stopped`` is raised."""
     paths = RunPaths(export, run_id)
+    stop = ctx.client.stop
     done, attempts = pipeline._run_listing(ctx, paths)
     pending = {n for n in attempts if n not in done}
     to_send = [n for n in range(1, total + 1) if n not in done and n not in attempts]
@@ -107,16 +141,24 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
         if to_send and not sending["seconds"]:
             sending["seconds"] = time.perf_counter() - send_t0
             sending["requests"] = ctx.client.requests_made - send_r0
-    with ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="send") as pool:
-        futures: dict[Future, int] = {pool.submit(_send_one, ctx, export, run_id, n, sleep): n for n in to_send}
-        while futures or pending:
+    pool = ThreadPoolExecutor(SEND_WORKERS, thread_name_prefix="send")
+    futures: dict[Future, int] = {}
+    try:
+        futures = {pool.submit(_send_one, ctx, export, run_id, n, sleep): n for n in to_send}
+        while (futures or pending) and not stop.is_set():
             if not futures:
                 sending_ended()
             if futures:
-                finished, _ = wait(list(futures), timeout=POLL_INTERVAL_SECONDS, return_when=FIRST_COMPLETED)
+                finished, _ = wait(list(futures), timeout=STOP_CHECK_SECONDS, return_when=FIRST_COMPLETED)
                 for fut in finished:
                     n = futures.pop(fut)
-                    outcome = fut.result()  # FailRun (bad key) propagates and ends the run
+                    try:
+                        outcome = fut.result()
+                    except Stopped:
+                        continue
+                    except FailRun as exc:  # bad key, unreachable Omnisend, wrong URL: every thread stops
+                        stop.stop(exc)
+                        continue
                     if outcome == "submitted" or outcome == "already-sent":
                         pending.add(n)
                     else:
@@ -124,10 +166,17 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                         failed.add(n)
             elif pending:
                 sleep(POLL_INTERVAL_SECONDS)
+            if stop.is_set():
+                break
             if pending and (len(pending) >= POLL_MIN_PENDING or not futures):
                 try:
                     result = pipeline.verify(ctx, export, run_id, sorted(pending))
                     failed_polls = 0
+                except Stopped:
+                    break
+                except FailRun as exc:
+                    stop.stop(exc)
+                    break
                 except RetryLater as exc:
                     failed_polls += 1
                     log.warning("poll failed (%d in a row): %s", failed_polls, exc)
@@ -142,6 +191,14 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                     pending.discard(n)
                     done.add(n)
             show()
+    finally:
+        # Batches not started yet are never started once stopping; the running ones finish their request.
+        pool.shutdown(wait=False, cancel_futures=True)
+        if stop.is_set():
+            _wind_down(stop, futures, progress)
+        pool.shutdown(wait=True)
+    if stop.is_set():
+        raise Stopped(stop.reason)
     sending_ended()
     show(force=True)
     return sending
@@ -174,6 +231,30 @@ def _show_finalising(ctx, export: ExportDefinition, manifest: dict[str, Any], op
     progress.phase("finalising", "committing the membership state, writing the report and rejected.csv")
 
 
+def _wind_down(stop: StopSignal, futures: dict[Future, int], progress: Progress) -> None:
+    """Wait for the requests already in flight, telling the operator how many are left as they finish."""
+    shown = None
+    while True:
+        running = [f for f in futures if not f.done()]
+        if not running:
+            break
+        count = stop.in_flight
+        if count != shown:
+            _say(progress, f"stopping: {count} request{'' if count == 1 else 's'} in flight")
+            shown = count
+        wait(running, timeout=STOP_CHECK_SECONDS)
+    if shown not in (None, 0):
+        _say(progress, "stopping: 0 requests in flight")
+
+
+def _say(progress: Progress, text: str) -> None:
+    """What the operator must see even with --quiet (it explains why the command has not ended yet)."""
+    if progress.enabled:
+        progress.note(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
 def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:
     for round_no in range(1, SEND_ROUNDS + 1):
         try:
@@ -184,5 +265,5 @@ def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:
                 return "failed"
             wait_s = max(exc.retry_after or 0, SEND_ROUND_PAUSE_SECONDS)
             log.warning("batch %d: %s; trying again in %.0fs", n, exc, wait_s)
-            sleep(wait_s)
+            sleep(wait_s)  # the run's StopSignal.sleep: ends at once when the run stops
     return "failed"  # pragma: no cover

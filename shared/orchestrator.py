@@ -24,8 +24,11 @@ from shared import names, pipeline
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
+from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
+from shared.preflight import preflight
 from shared.queues import StageMessage
 from shared.runs import RUN_ID_RE, RunPaths, read_json
+from shared.secrets import ApiKeyUnavailable
 
 log = logging.getLogger("exporter")
 
@@ -43,6 +46,13 @@ SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
 STALE_PLAN_SECONDS = 15 * 60
 # Must equal host.json extensions.queues.maxDequeueCount (tests/azure check it): used in the poison reason.
 HOST_MAX_DEQUEUE_COUNT = 5
+# A preflight that got no answer puts the plan message back this much later, at most this many times: by then
+# the instance's circuit breaker (shared/omnisend/breaker.py, ≥ 5 s without an answer) has decided.
+PREFLIGHT_RETRY_SECONDS = 5
+PREFLIGHT_MAX_REQUEUES = 6
+# Errors that would be the same for every message of a run (ARCHITECTURE §4 rule 10): a refused key, no key from
+# Key Vault, no answer from Omnisend (the client's circuit breaker), a wrong base URL.
+STOPS_THE_RUN = (AuthRejected, ApiKeyUnavailable, OmnisendUnreachable, BaseUrlNotFound)
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
 
@@ -54,12 +64,14 @@ class Queues(Protocol):
 class Orchestrator:
     def __init__(self, ctx: pipeline.Context, queues: Queues, load_exports: Callable[[], list[ExportDefinition]],
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
-                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS) -> None:
+                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
+                 preflight_retry_delay: int = PREFLIGHT_RETRY_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
         self.verify_delay = verify_delay
         self.send_backoff = send_backoff
+        self.preflight_retry_delay = preflight_retry_delay
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -135,6 +147,10 @@ class Orchestrator:
         paths = RunPaths(export.name, message.run_id)
         self.ctx.state_store.delete(names.RUNS_CONTAINER, paths.failure)
         try:
+            # Before any send is queued: a refused key, a wrong URL or an unreachable Omnisend stop the run here
+            # (one or two requests) instead of once per queued batch.
+            if not self._preflight(export.name, message):
+                return {"requeued": "preflight"}
             manifest = pipeline.plan(self.ctx, export, message.run_id)
         except FailRun as exc:
             pipeline.fail_run(self.ctx, export.name, message.run_id, exc)
@@ -158,6 +174,21 @@ class Orchestrator:
             self._finalise(export, message.run_id)
         return manifest
 
+    def _preflight(self, export: str, message: StageMessage) -> bool:
+        """False when the plan message was put back for later: no answer from Omnisend yet, and this instance's
+        circuit breaker has not decided (it opens after BREAKER_MIN_SECONDS, raising OmnisendUnreachable). A
+        429/5xx proves nothing either way: planning goes on and the sends retry as usual."""
+        try:
+            preflight(self.ctx, export, message.run_id)
+        except RetryLater as exc:
+            if exc.status is None and message.attempt < PREFLIGHT_MAX_REQUEUES:
+                self.queues.send(names.PLAN_QUEUE, message.retried(), delay_seconds=self.preflight_retry_delay)
+                log.warning("plan export=%s runId=%s: preflight got no answer, again in %ss: %s", export,
+                            message.run_id, self.preflight_retry_delay, exc)
+                return False
+            log.warning("plan export=%s runId=%s: preflight inconclusive, going on: %s", export, message.run_id, exc)
+        return True
+
     def on_send(self, message: StageMessage) -> str:
         export, run_id, n = message.export, message.run_id, message.batch
         paths = RunPaths(export, run_id)
@@ -165,7 +196,9 @@ class Orchestrator:
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
         try:
             outcome = pipeline.send_batch(self.ctx, export, run_id, n)
-        except AuthRejected as exc:
+        except STOPS_THE_RUN as exc:
+            # The same for every batch of the run: it is marked stopped once; its later messages end without a
+            # request.
             pipeline.fail_run(self.ctx, export, run_id, exc)
             log.error("send export=%s runId=%s batch=%d: %s", export, run_id, n, exc)
             return "run-stopped"
@@ -193,6 +226,11 @@ class Orchestrator:
             outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)))
         except RetryLater as exc:
             self._requeue_verify(message, rounds, max(exc.retry_after or 0, self.verify_delay))
+            return None
+        except STOPS_THE_RUN as exc:
+            # Fatal for the whole run: stop it once (starting it again queues fresh verify messages).
+            pipeline.fail_run(self.ctx, export, run_id, exc)
+            log.error("verify export=%s runId=%s batches=%d-%d: %s", export, run_id, first, last, exc)
             return None
         if outcome.pending or outcome.unsent:
             if rounds + 1 >= VERIFY_MAX_ROUNDS:

@@ -33,12 +33,31 @@ if TYPE_CHECKING:
 # the old key and the caller asks for get(refresh=True).
 KEY_CACHE_TTL = 300.0
 KEY_VAULT_ROLE = "Key Vault Secrets User"
+# The SDK's defaults (10 retries with exponential back-off, 300 s connection timeout) turned an unreachable vault
+# into an 86 s wait and then a vague failure. A vault answers within a second; two retries ride out a blip, and a
+# vault that cannot be reached within these bounds stops the run (exit 5) naming the vault, within ~10 s.
+KEY_VAULT_RETRIES = 2
+KEY_VAULT_RETRY_BACKOFF_SECONDS = 0.5  # waits 0.5 s, then 1 s
+KEY_VAULT_RETRY_BACKOFF_MAX_SECONDS = 2.0
+KEY_VAULT_CONNECTION_TIMEOUT_SECONDS = 3.0
+KEY_VAULT_READ_TIMEOUT_SECONDS = 10.0
+_KEY_VAULT_CLIENT_BOUNDS = {
+    "retry_total": KEY_VAULT_RETRIES,
+    "retry_backoff_factor": KEY_VAULT_RETRY_BACKOFF_SECONDS,
+    "retry_backoff_max": KEY_VAULT_RETRY_BACKOFF_MAX_SECONDS,
+    "connection_timeout": KEY_VAULT_CONNECTION_TIMEOUT_SECONDS,
+    "read_timeout": KEY_VAULT_READ_TIMEOUT_SECONDS,
+}
 
 
 class ApiKeyUnavailable(FailRun):
     """The API key cannot be obtained (missing secret, no access, unresolved reference). Fix the setup."""
 
     exit_code = 5
+
+
+class KeyVaultUnreachable(ApiKeyUnavailable):
+    """No answer from Key Vault within the bounds above (wrong URL, firewall, DNS): the key cannot be read."""
 
 
 class ApiKeyProvider(Protocol):
@@ -123,8 +142,9 @@ class KeyVaultKeyProvider:
         self._ttl = ttl_seconds
         self._clock = clock
         self._managed_identity_client_id = managed_identity_client_id
-        # Passed to SecretClient as is: transport options (connection_verify, timeouts), verify_challenge_resource.
-        self._client_kwargs = dict(client_kwargs or {})
+        # Passed to SecretClient: the bounds above, then transport options given here (connection_verify,
+        # timeouts, verify_challenge_resource), which win.
+        self._client_kwargs = {**_KEY_VAULT_CLIENT_BOUNDS, **(client_kwargs or {})}
         self._lock = threading.Lock()
         self._value: str | None = None
         self._read_at = 0.0
@@ -184,7 +204,11 @@ class KeyVaultKeyProvider:
                 raise RetryLater(f"Key Vault answered {status} reading {where}", status=status) from None
             raise ApiKeyUnavailable(f"Key Vault answered {status} reading {where}: {_reason(exc)}") from None
         except (ServiceRequestError, ServiceResponseError) as exc:
-            raise RetryLater(f"could not reach Key Vault reading {where}: {type(exc).__name__}") from None
+            raise KeyVaultUnreachable(
+                f"cannot reach Key Vault at {self.vault_url} to read secret {self.secret_name!r} "
+                f"({type(exc).__name__} after {KEY_VAULT_RETRIES + 1} attempts): check KEY_VAULT_URL, and the "
+                "network path to the vault (firewall, private endpoint, DNS)"
+            ) from None
         return _check_value(secret.value, where)
 
 

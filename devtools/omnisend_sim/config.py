@@ -45,7 +45,13 @@ class SimConfig:
     drop_rate: float = 0.0
     latency: float = 0.0
     burst_429: int = 0
-    burst_retry_after: int = 1
+    burst_retry_after: int = 1  # the 429's retryAfter (2026) or X-Rate-Limit-Reset header (v3)
+    # v3 only: the next N authenticated requests get 403 "blocked due to many errors" (omnisend-api.md §4.1).
+    # Omnisend documents the block but not its body nor its length; see docs/simulator.md.
+    block_403: int = 0
+    # Routes ("POST /batches", "GET /batches", ...) the key has no permission for: 403 there, on both versions
+    # (2026 "insufficient permissions", v3 "access not allowed").
+    forbidden_routes: tuple[str, ...] = ()
     item_fail: dict[str, int] = field(default_factory=dict)  # exact email -> per-item responseCode
     item_fail_times: int | None = None  # failures per email before it succeeds; None = forever
     seed: int = 0
@@ -54,10 +60,11 @@ class SimConfig:
         data = dataclasses.asdict(self)
         data["api_keys"] = list(self.api_keys)
         data["supported_versions"] = list(self.supported_versions)
+        data["forbidden_routes"] = list(self.forbidden_routes)
         return data
 
 
-_TUPLE_FIELDS = ("api_keys", "supported_versions")
+_TUPLE_FIELDS = ("api_keys", "supported_versions", "forbidden_routes")
 
 
 def apply_updates(config: SimConfig, updates: dict[str, Any], *, running: bool) -> list[str]:

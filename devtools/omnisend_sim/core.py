@@ -34,6 +34,9 @@ BATCH_ENDPOINTS = {
     V3: ("contacts", "orders", "products", "events", "categories"),
     API_VERSION_2026: ("contacts", "products", "events", "categories"),
 }
+# Undocumented texts (omnisend-api.md §1, §4.1, §8.1): the simulator's own wording, see docs/simulator.md.
+BLOCKED_TEXT = "Forbidden: blocked due to too many errors in a short time; try again later"
+FORBIDDEN_TEXT = {V3: "Forbidden", API_VERSION_2026: "Insufficient permissions for this operation"}
 LIST_LIMIT_MAX = 250
 LIST_LIMIT_DEFAULT = 100
 
@@ -209,7 +212,12 @@ class SimCore:
                 return Response(status, err.v3_error(text))
             return Response(status, err.problem(status, "Invalid API key."))
         req.key = key
+        if f"{req.method} {req.route}" in cfg.forbidden_routes:
+            return Response(403, err.error_body(v, 403, FORBIDDEN_TEXT[v]))
         with self.lock:
+            if v == V3 and cfg.block_403 > 0:
+                cfg.block_403 -= 1
+                return Response(403, err.v3_error(BLOCKED_TEXT))
             if cfg.burst_429 > 0:
                 cfg.burst_429 -= 1
                 return self._too_many(req, int(cfg.burst_retry_after), None)
@@ -250,7 +258,11 @@ class SimCore:
 
     def _too_many(self, req: _Request, retry_after: int, headers: dict[str, str] | None) -> Response:
         if req.version == V3:
-            return Response(429, err.v3_error("Too many requests: rate limit exceeded"), headers or {})
+            if headers is None:  # an injected burst: say when to come back, as the fixed window does
+                limit, _window = self._limits(req)
+                headers = {"X-Rate-Limit-Limit": str(limit), "X-Rate-Limit-Remaining": "0",
+                           "X-Rate-Limit-Reset": str(retry_after)}
+            return Response(429, err.v3_error("Too many requests: rate limit exceeded"), headers)
         out = {"Retry-After": str(retry_after)} if self.config.retry_after_header else {}
         detail = "Too many requests; retry after the given number of seconds."
         return Response(429, err.problem(429, detail, retryAfter=retry_after), out)

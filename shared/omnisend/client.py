@@ -3,9 +3,16 @@
 Every request: pacer slot -> API key from the provider -> HTTP -> classify the answer:
 - 2xx: done.
 - 401/403: re-read the key once (``api_key.get(refresh=True)``: the key may have been rotated) and retry once;
-  refused again -> AuthRejected.
-- 408/429/5xx/524, dropped connections, timeouts: back off and retry up to ``max_attempts``, then RetryLater.
-  A 429 also defers the shared pacer, so every thread of the process slows down, not only this one.
+  refused again -> AuthRejected ("refused or lacks permission for METHOD PATH" for a 403). A v3 403 that reads
+  as Omnisend's temporary block ("blocked due to many errors") is retried after a wait instead.
+- 408/429/5xx/524, timeouts: back off and retry up to ``max_attempts``, then RetryLater. A 429 (and a v3 block)
+  also defers the shared pacer, so every thread of the process slows down, not only this one; the wait is
+  Omnisend's hint: ``retryAfter`` in the body, ``Retry-After``, or v3's ``X-Rate-Limit-Reset``.
+- no answer at all (connection refused, DNS, reset): retried every BREAKER_PROBE_SECONDS until the circuit breaker
+  (breaker.py) decides Omnisend is unreachable -> OmnisendUnreachable; with max_attempts=1 (Functions) RetryLater
+  at once, the breaker's count going on across invocations.
+- a fatal error (AuthRejected, OmnisendUnreachable) sets the run's StopSignal when the client has one (the CLI):
+  no thread starts another request after it, and every wait returns at once.
 - anything else: the calling method decides (BatchRejected for a refused batch, "missing" for an unknown batch,
   UnexpectedResponse otherwise).
 Messages carry method, path, status and Omnisend's request id; never the key, never contact data.
@@ -13,6 +20,7 @@ Messages carry method, path, status and Omnisend's request id; never the key, ne
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -25,7 +33,14 @@ from typing import Any, Protocol
 import requests
 
 from shared.errors import AuthRejected, RetryLater
-from shared.omnisend.errors import BatchRejected, UnexpectedResponse, UntagNotSupported
+from shared.omnisend.breaker import BREAKER_PROBE_SECONDS, CircuitBreaker
+from shared.omnisend.errors import (
+    BaseUrlNotFound,
+    BatchRejected,
+    OmnisendUnreachable,
+    UnexpectedResponse,
+    UntagNotSupported,
+)
 from shared.omnisend.limits import API_2026, limits_for
 from shared.omnisend.pacing import Pacer
 from shared.omnisend.payloads import encode_batch_body
@@ -33,12 +48,16 @@ from shared.omnisend.problems import Problem, mask_emails, parse_problem
 from shared.omnisend.retry import (
     DEFAULT_MAX_ATTEMPTS,
     MAX_INLINE_WAIT_SECONDS,
+    V3_BLOCK_WAIT_SECONDS,
     backoff_seconds,
     is_retryable_status,
+    looks_like_temporary_block,
+    parse_rate_limit_reset,
     parse_retry_after_header,
 )
 from shared.omnisend.transport import new_session, request_deadline
 from shared.settings import base_url_problem
+from shared.stopping import StopSignal
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +79,18 @@ UNTAG_MAX_TAGS = 100
 BATCH_LIST_PAGE_SIZE = 250
 # Status given to a batch Omnisend does not know (404): deleted after its 7-day retention, or never created.
 MISSING_STATUS = "missing"
+# A proven key is not proven again for this long (the Functions plan stage asks once per run; one instance may
+# start many runs in a minute).
+PREFLIGHT_CACHE_SECONDS = 60.0
+# What a 404 on an endpoint that always exists means (the client appends /api or /v3 itself).
+BASE_URL_HINT = (
+    "OMNISEND_BASE_URL should be the host only, e.g. https://api.omnisend.com: it should not end in /api or /v3"
+)
+
 _TRANSIENT_EXCEPTIONS = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+# No HTTP answer at all: what the circuit breaker counts. A read timeout or a body cut short means the server
+# answered (it is reachable, only slow or flaky), so those are ordinary transient failures.
+_NO_ANSWER_EXCEPTIONS = (requests.ConnectionError,)
 _BATCH_REFUSED_STATUSES = frozenset({400, 413, 422})
 
 
@@ -133,11 +163,14 @@ class OmnisendClient:
         session: requests.Session | None = None,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         tags_pacer: Pacer | None = None,
         rng: random.Random | None = None,
         deadline_seconds: float = REQUEST_DEADLINE_SECONDS,
+        stop: StopSignal | None = None,
     ) -> None:
+        """``stop``: the run's stop flag (CLI). Without one (Functions: one client serves many runs) fatal errors
+        are only raised, and waits are plain sleeps."""
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
         problem = base_url_problem(base_url.rstrip("/"))
@@ -145,7 +178,13 @@ class OmnisendClient:
             raise ValueError(f"refusing Omnisend base URL: {problem}")
         self.api_version = api_version
         self.limits = limits_for(api_version)
-        self._root = base_url.rstrip("/") + self.limits.base_path
+        self.base_url = base_url.rstrip("/")
+        self._root = self.base_url + self.limits.base_path
+        self._latch_fatal = stop is not None
+        self.stop = stop or StopSignal()
+        sleep = sleep or (self.stop.sleep if stop is not None else time.sleep)
+        self._breaker = CircuitBreaker(clock)
+        self._preflight_ok: dict[bytes, float] = {}
         self._api_key = api_key
         self._pacer = pacer
         self._tags_pacer = tags_pacer or Pacer(TAGS_REQUESTS_PER_MINUTE * TAGS_SAFETY_FACTOR, clock=clock, sleep=sleep)
@@ -167,6 +206,23 @@ class OmnisendClient:
         return getattr(self._per_thread, "count", 0)
 
     # ---- public API -------------------------------------------------------------------------------------------
+
+    def preflight(self) -> None:
+        """One read-only authenticated request before the first write: proves base URL, API version and key.
+
+        ``GET /batches?endpoint=contacts&limit=1`` exists on both API versions, is the cheapest authenticated read
+        the export needs anyway (verification lists batches), and changes nothing. Refused key -> AuthRejected
+        (after one re-read); 404 -> BaseUrlNotFound; no answer -> OmnisendUnreachable; transient -> RetryLater.
+        A key proven in the last PREFLIGHT_CACHE_SECONDS is not proven again.
+        """
+        proof = hashlib.sha256(self._api_key.get().encode("utf-8")).digest()
+        if self._preflight_ok.get(proof, float("-inf")) > self._clock():
+            return
+        path = "/batches"
+        resp = self._request("GET", path, params={"endpoint": "contacts", "limit": 1})
+        if resp.status_code >= 300:
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+        self._preflight_ok[proof] = self._clock() + PREFLIGHT_CACHE_SECONDS
 
     def create_batch(self, items: list[dict]) -> str:
         """POST /batches; returns Omnisend's batchID. Raises BatchRejected when Omnisend refuses the whole batch.
@@ -202,15 +258,6 @@ class OmnisendClient:
                 status=resp.status_code,
             )
         return str(batch_id)
-
-    def preflight(self) -> None:
-        """One read-only request that needs the key, before any write: proves the base URL, the API version and
-        the key. ``GET /batches?endpoint=contacts&limit=1`` is the cheapest authenticated read on both API versions
-        (one small page, no contact data). Raises AuthRejected, RetryLater (unreachable) or UnexpectedResponse."""
-        path = "/batches"
-        resp = self._request("GET", path, params={"endpoint": "contacts", "limit": 1})
-        if resp.status_code >= 300:
-            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
 
     def batch_statuses(self, batch_ids: Collection[str]) -> dict[str, BatchStatus]:
         """Statuses of ``batch_ids``, cheaply: list pages first (250 batches a request), then one GET per id not seen.
@@ -336,21 +383,34 @@ class OmnisendClient:
         tags_endpoint: bool = False,
     ) -> requests.Response:
         """Send with pacing and retries. Returns the 2xx response, or a non-retryable non-auth one for the caller."""
+        try:
+            return self._request_retrying(method, path, params=params, body=body, tags_endpoint=tags_endpoint)
+        except (AuthRejected, OmnisendUnreachable) as exc:
+            if self._latch_fatal:
+                self.stop.stop(exc)  # no thread of this run starts another request
+            raise
+
+    def _request_retrying(
+        self, method: str, path: str, *, params: dict | None, body: bytes | None, tags_endpoint: bool
+    ) -> requests.Response:
         url = self._root + path
         pacers = (self._tags_pacer, self._pacer) if tags_endpoint else (self._pacer,)
         attempt = 0
         refreshed = refresh_now = False
         while True:
             attempt += 1
+            self.stop.check()
             key = self._api_key.get(refresh=refresh_now)
             refresh_now = False
             for pacer in pacers:
                 pacer.acquire()
+            self.stop.check()  # the pacer's wait returns early when the run stops: do not send after it
             self._count()
             hint: float | None = None
             problem: Problem | None = None
+            attempt_started = self._clock()
             try:
-                with request_deadline(self._deadline_seconds) as deadline:
+                with self.stop.request(), request_deadline(self._deadline_seconds) as deadline:
                     resp = self._session.request(
                         method,
                         url,
@@ -363,6 +423,19 @@ class OmnisendClient:
             except _TRANSIENT_EXCEPTIONS as exc:
                 status: int | None = None
                 cause = f"deadline of {self._deadline_seconds:g} s exceeded" if deadline.expired else type(exc).__name__
+                if isinstance(exc, _NO_ANSWER_EXCEPTIONS) and not deadline.expired:
+                    if self._breaker.failed(attempt_started):
+                        raise OmnisendUnreachable(self.base_url, f"{self._breaker.describe()}: {cause}") from None
+                    if self._max_attempts > 1:
+                        # Not counted against max_attempts: the breaker decides, within seconds, whether this is
+                        # a blip (the next attempt gets through) or an outage (OmnisendUnreachable).
+                        attempt -= 1
+                        log.warning("Omnisend %s %s → %s; trying again in %.0f s",
+                                    method, self._path(path), cause, BREAKER_PROBE_SECONDS)
+                        self._sleep(BREAKER_PROBE_SECONDS)
+                        continue
+                else:
+                    self._breaker.answered()
             except (requests.RequestException, UnicodeError) as exc:
                 # Not sent (a header value HTTP cannot carry, a malformed URL...). The exception's own text can quote
                 # the header values, the key among them: only its type goes on, without the chained original.
@@ -370,11 +443,16 @@ class OmnisendClient:
                     f"Omnisend {method} {self._path(path)}: request not sent ({type(exc).__name__})", status=None
                 ) from None
             else:
+                self._breaker.answered()
                 status = resp.status_code
                 if status < 300:
                     return resp
                 if status in (401, 403):
-                    if not refreshed:
+                    problem = self._problem(resp)
+                    if status == 403 and self.api_version != API_2026 and looks_like_temporary_block(problem.message):
+                        hint = V3_BLOCK_WAIT_SECONDS
+                        cause = f"403 (temporarily blocked: {problem.message})"
+                    elif not refreshed:
                         # The key may have been rotated since we read it: re-read once, retry once.
                         refreshed = refresh_now = True
                         attempt -= 1  # the auth retry is not a transient-failure attempt
@@ -382,22 +460,23 @@ class OmnisendClient:
                             "Omnisend %s %s → %s; re-reading the API key once", method, self._path(path), status
                         )
                         continue
-                    problem = self._problem(resp)
-                    raise AuthRejected(
-                        self._evidence(method, path, status, problem, f"Omnisend refused the API key ({status})")
-                        + "; check OMNISEND_API_KEY / the Key Vault secret"
-                    )
-                if not is_retryable_status(status):
+                    else:
+                        raise self._refused(method, path, status, problem)
+                elif not is_retryable_status(status):
                     return resp
-                problem = self._problem(resp)
-                hint = problem.retry_after
-                if hint is None:
-                    hint = parse_retry_after_header(resp.headers.get("Retry-After"))
-                cause = str(status)
-                if status == 429:
-                    self._count(is_429=True)
+                else:
+                    problem = self._problem(resp)
+                    hint = problem.retry_after
+                    if hint is None:
+                        hint = parse_retry_after_header(resp.headers.get("Retry-After"))
+                    if hint is None and status == 429 and self.api_version != API_2026:
+                        hint = parse_rate_limit_reset(resp.headers.get("X-Rate-Limit-Reset"))
+                    cause = str(status)
+                    if status == 429:
+                        self._count(is_429=True)
             wait = hint if hint is not None else backoff_seconds(attempt, self._rng)
-            if status == 429:
+            defers = status == 429 or status == 403
+            if defers:
                 pacers[0].defer(wait)  # every thread of the process waits, not only this one
             if attempt >= self._max_attempts or wait > MAX_INLINE_WAIT_SECONDS:
                 what = f"Omnisend {method} {self._path(path)} failed after {attempt} attempt(s): {cause}"
@@ -415,8 +494,20 @@ class OmnisendClient:
                 self._max_attempts,
                 wait,
             )
-            if status != 429:  # a 429 already deferred the pacer, whose next acquire() does the waiting
+            if not defers:  # a 429 or a block already deferred the pacer, whose next acquire() does the waiting
                 self._sleep(wait)
+
+    def _refused(self, method: str, path: str, status: int, problem: Problem) -> AuthRejected:
+        if status == 401:
+            what = f"Omnisend refused the API key ({status})"
+        else:
+            # 2026: "insufficient permissions"; v3: "access not allowed". Not necessarily a wrong key.
+            what = f"the key was refused or lacks permission for {method} {self._path(path)}"
+        return AuthRejected(
+            self._evidence(method, path, status, problem, what)
+            + "; check OMNISEND_API_KEY / the Key Vault secret"
+            + (" and the key's permissions (contacts and batches, read and write)" if status == 403 else "")
+        )
 
     def _path(self, path: str) -> str:
         return self.limits.base_path + path
@@ -434,6 +525,14 @@ class OmnisendClient:
 
     def _unexpected(self, method: str, path: str, status: int, problem: Problem) -> UnexpectedResponse:
         hint = " (API version retired: set OMNISEND_API_VERSION)" if status == 410 else ""
+        if status == 404 and path == "/batches":
+            # /batches exists on both versions: a 404 there means the URL is wrong, not the batch.
+            return BaseUrlNotFound(
+                self._evidence(method, path, status, problem, f"{self._root}{path} does not exist")
+                + f"; {BASE_URL_HINT}",
+                status=status,
+                request_id=problem.request_id,
+            )
         return UnexpectedResponse(
             mask_emails(self._evidence(method, path, status, problem, "unexpected answer") + hint),
             status=status,

@@ -42,3 +42,17 @@ class UnexpectedResponse(FailRun):
         super().__init__(message)
         self.status = status
         self.request_id = request_id
+
+
+class BaseUrlNotFound(UnexpectedResponse):
+    """Omnisend answered 404 to an endpoint that always exists (GET/POST /batches): the base URL is wrong."""
+
+    exit_code = 2
+
+
+class OmnisendUnreachable(FailRun):
+    """No answer from Omnisend at all for a while (see breaker.py): the base URL is wrong or Omnisend is down."""
+
+    def __init__(self, base_url: str, evidence: str) -> None:
+        super().__init__(f"cannot reach Omnisend at {base_url} – check OMNISEND_BASE_URL ({evidence})")
+        self.base_url = base_url

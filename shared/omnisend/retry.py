@@ -49,3 +49,32 @@ def parse_retry_after_header(value: str | None, now: float | None = None) -> flo
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
     return max(0.0, seconds)
+
+
+# v3 answers 403 both for "access not allowed" and for "blocked due to many errors in a particular time"
+# (omnisend-api.md §1, §4.1). Neither the block's body nor its length is documented; a 403 whose message speaks
+# of a block or of too many errors is treated as that temporary block and retried after this wait (every thread
+# waits: it defers the pacer like a 429), any other 403 as a refused key.
+V3_BLOCK_WAIT_SECONDS = 60.0
+V3_BLOCK_WORDS = ("block", "too many")
+# X-Rate-Limit-Reset is "seconds left in the current period" (observed value 60). A value this large can only be
+# an epoch time; it is read as one rather than slept through for 50 years.
+EPOCH_THRESHOLD = 1_000_000_000
+
+
+def looks_like_temporary_block(message: str) -> bool:
+    text = message.lower()
+    return any(word in text for word in V3_BLOCK_WORDS)
+
+
+def parse_rate_limit_reset(value: str | None, now: float | None = None) -> float | None:
+    """v3 ``X-Rate-Limit-Reset``: seconds until the rate window resets. None when absent or unreadable."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if seconds >= EPOCH_THRESHOLD:
+        seconds -= time.time() if now is None else now
+    return max(0.0, seconds)

@@ -69,7 +69,8 @@ def host(azurite):
 
 class Flow:
     def __init__(self, tmp_path: Path, sim: Simulator, azurite: str, host: HostStandIn,
-                 duplicate: bool = False, key_provider=None) -> None:
+                 duplicate: bool = False, key_provider=None, base_url: str | None = None,
+                 **orchestrator_options) -> None:
         self.sim = sim
         self.host = host
         self.export = f"vip-{uuid.uuid4().hex[:8]}"
@@ -93,12 +94,13 @@ class Flow:
             config_name, json.dumps(definition), overwrite=True)
         settings = Settings(storage_connection_string=azurite,
                             exports_config=f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{config_name}",
-                            omnisend_base_url=sim.base_url, omnisend_api_key=KEY,
+                            omnisend_base_url=base_url or sim.base_url, omnisend_api_key=KEY,
                             omnisend_requests_per_minute=1_000_000)
         queues = StageQueues.from_connection_string(azurite)
         function_app._orchestrator = build_orchestrator(
             settings, queues=DuplicatingQueues(queues) if duplicate else queues,
-            key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,))
+            key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,),
+            **orchestrator_options)
 
     def _ensure(self, container: str) -> None:
         client = self.blobs.get_container_client(container)
@@ -304,3 +306,63 @@ def test_a_wrong_mapping_stops_at_planning_sends_nothing_and_fails_with_the_reas
     report = flow.status(run_id)["report"]
     assert report["status"] == "failed" and report["message"].startswith("mapping guard: 1,000 of 1,000 rows rejected")
     assert flow.sim.state()["stats"]["write_requests"] == 0
+
+
+class RevokedAfterFirstRequest:
+    """The right key until Omnisend has seen one request (the preflight), then a revoked one: a key rotated away
+    while the run's messages are queued (a fake of the key-source boundary)."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+
+    def get(self, refresh: bool = False) -> str:
+        return KEY if self.sim.state()["stats"]["requests_total"] == 0 else "revoked-key"
+
+
+def test_a_wrong_key_is_found_by_the_preflight_and_no_send_is_queued(tmp_path, omnisend, azurite, host):
+    omnisend.reset()
+    flow = Flow(tmp_path, omnisend, azurite, host, key_provider=SwitchableKey("wrong-key"))
+    try:
+        run_id = json.loads(flow.start().get_body())["runId"]
+        result = flow.run_to_end()
+        assert flow.status(run_id)["stage"] == "stopped"
+        assert omnisend.state()["stats"]["requests_total"] == 2  # the preflight, and once more after a re-read
+        assert not [i for i in result.invocations if i.queue == names.SEND_QUEUE]
+    finally:
+        function_app._orchestrator = None
+
+
+def test_a_key_refused_mid_run_stops_it_after_a_few_requests_whatever_the_number_of_queued_messages(
+        tmp_path, omnisend, azurite, host):
+    omnisend.reset()
+    flow = Flow(tmp_path, omnisend, azurite, host, key_provider=RevokedAfterFirstRequest(omnisend))
+    try:
+        flow.upload_segment(tmp_path, 5_000)  # 50 send messages
+        run_id = json.loads(flow.start().get_body())["runId"]
+        result = flow.run_to_end()
+        stopped = flow.status(run_id)
+        assert stopped["stage"] == "stopped" and "refused the API key" in stopped["message"]
+        sends = [i for i in result.invocations if i.queue == names.SEND_QUEUE]
+        assert len(sends) >= 50  # every queued message was handled...
+        batch_size = host.options.batch_size
+        assert omnisend.state()["stats"]["requests_total"] <= 1 + 2 * batch_size  # ...and almost none knocked
+    finally:
+        function_app._orchestrator = None
+
+
+def test_an_unreachable_omnisend_stops_the_run_at_the_plan_stage(tmp_path, omnisend, azurite, host):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    flow = Flow(tmp_path, omnisend, azurite, host, base_url=url, preflight_retry_delay=2)
+    try:
+        run_id = json.loads(flow.start().get_body())["runId"]
+        result = flow.run_to_end()
+        stopped = flow.status(run_id)
+        assert stopped["stage"] == "stopped"
+        assert f"cannot reach Omnisend at {url} – check OMNISEND_BASE_URL" in stopped["message"]
+        assert not [i for i in result.invocations if i.queue == names.SEND_QUEUE]
+    finally:
+        function_app._orchestrator = None

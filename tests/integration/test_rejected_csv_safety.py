@@ -22,7 +22,7 @@ def formula_export(tmp_path, sim):
     ctx = make_context(tmp_path, sim.base_url)
     definition = load_export(source={"container": "segments", "file": "exports/vip.csv"},
                              mapping={"email": "Email", "firstName": "First Name"},
-                             # Most of the fixture's rows are hostile on purpose: the mapping guard must let them through.
+                             # Most rows are hostile on purpose: the mapping guard must let them through.
                              maxRejectedFraction=1)
     return ctx, export(ctx, definition)
 
