@@ -15,7 +15,7 @@ from typing import Any
 
 from shared.errors import AuthRejected, ConfigError, FailRun, RetryLater, SnapshotError
 from shared.exports import ExportDefinition
-from shared.omnisend.errors import UnexpectedResponse
+from shared.omnisend.errors import OmnisendUnreachable, UnexpectedResponse
 from shared.settings import Settings
 
 # Omnisend allows 400 requests/minute per brand (omnisend-api.md §4); a budget above it can only earn 429s.
@@ -161,6 +161,8 @@ def _check_online(settings: Settings, key_provider) -> tuple[str, list[Problem]]
             client.preflight()
     except AuthRejected as exc:
         return "refused", [Problem("key", "Omnisend", str(exc), EXIT_KEY)]
+    except OmnisendUnreachable as exc:  # the circuit breaker's verdict: no answer at all
+        return "not checked", [Problem("omnisend", "OMNISEND_BASE_URL", str(exc), EXIT_UNREACHABLE)]
     except RetryLater as exc:
         return "not checked", [Problem(
             "omnisend", "OMNISEND_BASE_URL",
