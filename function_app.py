@@ -54,20 +54,21 @@ def export_timer(timer: func.TimerRequest) -> None:
 
 @app.route(route="exports/{name}/runs", methods=["POST"])
 def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
-    """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit"}."""
+    """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit", "supersede"}."""
     from shared.pipeline import RunOptions
 
     try:
         body = req.get_json() if req.get_body() else {}
     except ValueError:
         return _json(400, {"error": "the body must be JSON, e.g. {\"force\": true}"})
-    allowed = {"force": "force", "dryRun": "dry_run", "fullResync": "full_resync", "allowMassExit": "allow_mass_exit"}
+    allowed = {"force": "force", "dryRun": "dry_run", "fullResync": "full_resync", "allowMassExit": "allow_mass_exit",
+               "supersede": "supersede"}
     if not isinstance(body, dict) or set(body) - set(allowed) or not all(isinstance(v, bool) for v in body.values()):
         return _json(400, {"error": f"the body may only hold booleans {sorted(allowed)}", "got": body})
     options = RunOptions(trigger="http", **{allowed[k]: v for k, v in body.items()})
     name = req.route_params["name"]
     status, result = orchestrator().start(name, options)
-    if "runId" in result and status in (200, 202):
+    if "runId" in result and status in (200, 202, 409):
         base = req.url.split("/api/", 1)[0]
         result["statusUrl"] = f"{base}/api/exports/{name}/runs/{result['runId']}"
     return _json(status, result)
@@ -106,6 +107,11 @@ def verify_stage(msg: func.QueueMessage) -> None:
     orchestrator().on_verify(_message(msg))
 
 
+@app.queue_trigger(arg_name="msg", queue_name=names.FINALISE_QUEUE, connection=names.STORAGE_CONNECTION)
+def finalise_stage(msg: func.QueueMessage) -> None:
+    orchestrator().on_finalise(_message(msg))
+
+
 # ------------------------------------------------------------------------------------------------ poison
 
 
@@ -125,3 +131,9 @@ def send_poison(msg: func.QueueMessage) -> None:
                    connection=names.STORAGE_CONNECTION)
 def verify_poison(msg: func.QueueMessage) -> None:
     orchestrator().on_poison(names.VERIFY_QUEUE + names.POISON_SUFFIX, msg.get_body())
+
+
+@app.queue_trigger(arg_name="msg", queue_name=names.FINALISE_QUEUE + names.POISON_SUFFIX,
+                   connection=names.STORAGE_CONNECTION)
+def finalise_poison(msg: func.QueueMessage) -> None:
+    orchestrator().on_poison(names.FINALISE_QUEUE + names.POISON_SUFFIX, msg.get_body())

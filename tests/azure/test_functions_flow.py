@@ -246,7 +246,8 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
     functions = json.loads(done.stdout)
     assert set(functions) == {
         "export_timer", "start_export_run", "get_export_run", "list_exports",
-        "plan_stage", "send_stage", "verify_stage", "plan_poison", "send_poison", "verify_poison",
+        "plan_stage", "send_stage", "verify_stage", "finalise_stage",
+        "plan_poison", "send_poison", "verify_poison", "finalise_poison",
     }
     queue_names = {b["queueName"] for fn in functions.values() for b in fn if b["type"] == "queueTrigger"}
     assert queue_names == set(ALL_QUEUES)
