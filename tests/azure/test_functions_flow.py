@@ -313,8 +313,9 @@ class CrashingStore:
     instance died there; by the time the host redelivers the message, the dead holder's claims have expired
     (the clock moves past FINALISE_LEASE_SECONDS)."""
 
-    def __init__(self, inner, at: str, clock: FakeClock) -> None:
+    def __init__(self, inner, at: str, clock: FakeClock, lease_expires: bool = True) -> None:
         self.inner, self.at, self.clock, self.crashed = inner, at, clock, False
+        self.lease_expires = lease_expires
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -322,7 +323,8 @@ class CrashingStore:
     def _maybe_crash(self, name: str) -> None:
         if self.at in name and not self.crashed:
             self.crashed = True
-            self.clock.now += FINALISE_LEASE_SECONDS + 1
+            if self.lease_expires:
+                self.clock.now += FINALISE_LEASE_SECONDS + 1
             raise RuntimeError(f"instance died writing {name}")
 
     def write(self, container, name, data):
@@ -447,3 +449,21 @@ def test_a_forced_start_while_a_run_is_active_is_409_and_supersede_replaces_it(t
     assert statuses == {older: "superseded", newer_id: "succeeded"}
     state = state_of(flow)
     assert state.meta.run_id == newer_id and len(state) == 800
+
+
+def test_a_finalisation_whose_holder_died_is_finished_by_the_next_timer_fire(tmp_path, timed_flow):
+    flow = timed_flow
+    orchestrator = function_app._orchestrator
+    orchestrator.ctx.state_store = CrashingStore(orchestrator.ctx.state_store, "/finalise/summary.json", flow.clock,
+                                                 lease_expires=False)
+    run_id = json.loads(flow.start().get_body())["runId"]
+    # The redelivered message finds the dead holder's claim live: a re-check is queued for when it expires.
+    flow.host.pump(until_idle=True, max_seconds=30)
+    assert orchestrator.ctx.state_store.crashed and flow.status(run_id)["stage"] != "finished"
+    assert flow.queue_length(names.FINALISE_QUEUE) == 1
+    flow.clock.now += FINALISE_LEASE_SECONDS + 1
+    flow.host.timer("export_timer")  # the next fire sees every result, no report and no live claim
+    flow.host.pump(until_idle=True, max_seconds=30)
+    report = flow.status(run_id)["report"]
+    assert report["status"] == "succeeded" and report["sent"] == len(flow.sim.contacts()) == 1_000
+    flow.queue_service.get_queue_client(names.FINALISE_QUEUE).clear_messages()  # the delayed re-check

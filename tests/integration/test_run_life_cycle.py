@@ -370,3 +370,24 @@ def test_a_sigkilled_export_shows_interrupted_and_the_same_command_finishes_it(t
     assert report["runId"] == run["runId"] and report["status"] == "succeeded"
     assert len(sim.contacts()) == 1_000 and tagged(sim) == set(sim.contacts())
     assert_accounting(report)
+
+
+def test_leavers_whose_untag_fails_stay_in_the_state_and_the_next_run_untags_them(tmp_path, sim):
+    two_snapshots_with_leavers(tmp_path, sim, rows=1_000, drop=0.1)
+    ctx = make_context(tmp_path, sim.base_url, max_attempts=1)
+    definition = load_export()
+    started = start_run(ctx, definition, RunOptions())
+    manifest = plan(ctx, definition, started.run_id)
+    batches = list(range(1, manifest["batches"] + 1))
+    for n in batches:
+        send_batch(ctx, "vip", started.run_id, n)
+    wait_for(lambda: not verify(ctx, "vip", started.run_id, batches).pending)
+    sim.configure(error_5xx_rate=1.0)  # Omnisend fails every request while the leavers are untagged
+    report = export(ctx, definition)
+    sim.configure(error_5xx_rate=0.0)
+    assert report["status"] == "partial" and report["untagged"] == 0 < report["leavers"]
+    assert "untagging" in report["message"] and len(state_emails(ctx)) == 1_000
+    write_segment(tmp_path, 1_000, messy=False, run="2026/11/29/0205", drop_fraction=0.1)
+    after = export(make_context(tmp_path, sim.base_url))
+    assert after["untagged"] == after["leavers"] == report["leavers"]
+    wait_for(lambda: tagged(sim) == state_emails(ctx))
