@@ -298,7 +298,7 @@ class Orchestrator:
                 log.warning("untag export=%s runId=%s chunk=%d retry: %s", export.name, message.run_id,
                             message.batch, exc)
                 return "requeued"
-        report = self._finalise(export, message.run_id)
+        report = self._finalise(export, message.run_id, requeue=message.extra.get("kind") == "finalise")
         return "finalised" if report is not None else "pending"
 
     def _enqueue_finalise(self, export: str, run_id: str, delay: float = 0) -> None:
@@ -314,9 +314,9 @@ class Orchestrator:
         export = find_export(self.load_exports(), export_name)
         return self._finalise(export, run_id)
 
-    def _finalise(self, export: ExportDefinition, run_id: str) -> dict[str, Any] | None:
+    def _finalise(self, export: ExportDefinition, run_id: str, requeue: bool = False) -> dict[str, Any] | None:
         try:
-            return pipeline.finalise(self.ctx, export, run_id,
+            return pipeline.finalise(self.ctx, export, run_id, requeue=requeue,
                                      queue_chunks=lambda chunks: self._queue_chunks(export.name, run_id, chunks))
         except pipeline.FinaliseBusy as exc:
             # Someone holds the step. If it dies, its claim expires: look again then (it is a no-op if it finished).

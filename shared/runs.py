@@ -96,8 +96,10 @@ class RunPaths:
     finalise_entries = property(lambda self: f"{self.root}/finalise/entries.bin")
     finalise_leavers = property(lambda self: f"{self.root}/finalise/leavers.bin")
 
+    untag_prefix = property(lambda self: f"{self.root}/finalise/untag/")
+
     def untag_chunk(self, i: int) -> str:
-        return f"{self.root}/finalise/untag/{batch_label(i)}.json"
+        return f"{self.untag_prefix}{batch_label(i)}.json"
     rejected = property(lambda self: f"{self.root}/rejected.csv")
 
     def batch(self, n: int) -> str:

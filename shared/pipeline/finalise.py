@@ -86,11 +86,13 @@ def _chunk_name(paths: RunPaths, generation: int, i: int) -> str:
 
 
 def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: bool = False,
-             queue_chunks=None) -> dict[str, Any] | None:
+             queue_chunks=None, requeue: bool = False) -> dict[str, Any] | None:
     """When every batch has a result: prepare, untag, complete (see the module docstring). Returns the report, or
-    None while batches are still open, the run was superseded, or untag chunks were handed to ``queue_chunks``
-    (the Functions app: a callable taking the chunk numbers still to do). Raises FinaliseBusy while another
-    holder's claim is live. ``take_over``: the caller knows no one else works on the run (the CLI)."""
+    None while batches are still open, the run was superseded, or untag chunks are pending in the queue: the
+    Functions app passes ``queue_chunks`` (a callable taking the chunk numbers still to do), called once per run,
+    or again with ``requeue``; without it (the CLI) the chunks are untagged here, one after the other.
+    Raises FinaliseBusy while another holder's claim is live. ``take_over``: the caller knows no one else works on
+    the run (the CLI)."""
     paths = RunPaths(export.name, run_id)
     existing = read_json(ctx.state_store, RUNS, paths.report)
     if existing is not None:
@@ -107,13 +109,21 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
     if summary is None:
         lease = _claim(ctx, paths.finalise_claims, take_over)
         summary = _prepare(ctx, export, run_id, paths, manifest, lease.generation)
-    pending = [i for i in range(summary["chunks"]) if not ctx.state_store.exists(RUNS, paths.untag_chunk(i))]
+    done = {obj.name for obj in ctx.state_store.list(RUNS, paths.untag_prefix)}
+    pending = [i for i in range(summary["chunks"]) if paths.untag_chunk(i) not in done]
     if pending:
-        if queue_chunks is not None:
-            queue_chunks(pending)
+        if queue_chunks is None:
+            for i in pending:
+                untag_chunk(ctx, export, run_id, i, give_up=True)
+        else:
+            # Queue the chunks once (a crash before the marker queues them twice: harmless, a chunk is done once);
+            # later calls (each finished chunk, other verify groups) only look. ``requeue``: a nudge after a
+            # holder died re-queues what is still pending.
+            queued = f"{paths.root}/finalise/chunks-queued.json"
+            if requeue or not ctx.state_store.exists(RUNS, queued):
+                queue_chunks(pending)
+                ctx.state_store.write(RUNS, queued, dumps({"chunks": len(pending), "at": _now_iso(ctx.clock)}))
             return None
-        for i in pending:
-            untag_chunk(ctx, export, run_id, i, give_up=True)
     return _complete(ctx, export, run_id, paths, manifest, summary, take_over)
 
 

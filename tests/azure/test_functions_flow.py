@@ -467,3 +467,22 @@ def test_a_finalisation_whose_holder_died_is_finished_by_the_next_timer_fire(tmp
     report = flow.status(run_id)["report"]
     assert report["status"] == "succeeded" and report["sent"] == len(flow.sim.contacts()) == 1_000
     flow.queue_service.get_queue_client(names.FINALISE_QUEUE).clear_messages()  # the delayed re-check
+
+
+def test_untagging_runs_in_queued_chunks_each_done_once(tmp_path, timed_flow):
+    flow = timed_flow
+    flow.upload_segment(tmp_path, 2_000, run=SECOND_SNAPSHOT)
+    flow.start()
+    flow.run_to_end()
+    flow.upload_segment(tmp_path, 2_000, run="2026/11/30/0205", drop_fraction=0.15)
+    flow.clock.now += 3600
+    run_id = json.loads(flow.start().get_body())["runId"]
+    deletes_before = flow.sim.state()["stats"]["requests_by_route"].get("DELETE /api/contacts/tags", 0)
+    result = flow.run_to_end()
+    report = flow.status(run_id)["report"]
+    chunks = -(-report["leavers"] // 250)
+    deletes = flow.sim.state()["stats"]["requests_by_route"].get("DELETE /api/contacts/tags", 0) - deletes_before
+    assert chunks >= 2 and report["untagged"] == report["leavers"]
+    assert deletes == chunks
+    assert len([i for i in result.invocations if i.queue == names.FINALISE_QUEUE]) == chunks
+    assert tagged(flow.sim) == set(state_of(flow).emails)
