@@ -82,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true",
                    help="export this snapshot again as a new run (an unfinished run of it is resumed instead)")
     p.add_argument("--new-run", action="store_true",
-                   help="start a new run of this snapshot even if an unfinished one exists (with --supersede if "
-                   "that one is still active)")
+                   help="start a new run of this snapshot instead of resuming its unfinished one (which is then "
+                   "superseded; if another process or the Functions app runs it, add --supersede)")
     p.add_argument("--supersede", action="store_true",
                    help="replace the export's unfinished run (another snapshot's, or the one in the way of "
                    "--new-run): it is marked superseded and never untags nor commits the state")

@@ -5,6 +5,7 @@ The Azure Functions app drives the same stages through queues; nothing here is n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -33,7 +34,8 @@ POLL_INTERVAL_SECONDS = 1.0
 # then the batch counts as failed (its rows in rejected.csv) so the run still finishes.
 SEND_ROUNDS = 3
 SEND_ROUND_PAUSE_SECONDS = 30.0
-# An export has at most one active run; finishing an interrupted older one first is a loop of at most one pass.
+# An export has at most one active run; finishing an interrupted older one first (or replacing this snapshot's
+# own for --new-run) takes at most one extra pass.
 MAX_OLDER_RUNS = 1
 # Consecutive failed polls before the open batches are given up as "could not confirm".
 VERIFY_GIVE_UP_ROUNDS = 20
@@ -53,7 +55,7 @@ def run_export(
     if options.dry_run:
         return pipeline.dry_run(ctx, export, options)
     try:
-        for _ in range(MAX_OLDER_RUNS + 1):
+        for _ in range(MAX_OLDER_RUNS + 2):
             started = pipeline.start_run(ctx, export, options)
             if started.finished:
                 report = pipeline.run_status(ctx, export.name, started.run_id)["report"]
@@ -66,6 +68,10 @@ def run_export(
                 _check_resumable_here(ctx, export.name, started)
             if not started.busy:
                 break
+            if options.new_run and started.snapshot_id == started.wanted_snapshot:
+                # --new-run over this snapshot's own unfinished run, which nobody works on: replace it.
+                options = dataclasses.replace(options, supersede=True)
+                continue
             progress.note(f"run {started.run_id} of the older snapshot {started.snapshot_id} did not finish: "
                           f"finishing it before snapshot {started.wanted_snapshot}")
             _drive(ctx, export, started.run_id, progress, sleep, resumed=True)

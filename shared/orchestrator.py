@@ -175,6 +175,8 @@ class Orchestrator:
     def on_plan(self, message: StageMessage) -> dict[str, Any]:
         export = find_export(self.load_exports(), message.export)
         paths = RunPaths(export.name, message.run_id)
+        if self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.superseded):
+            return {"superseded": message.run_id}  # a newer snapshot's run replaced it: plan nothing
         self.ctx.state_store.delete(names.RUNS_CONTAINER, paths.failure)
         try:
             manifest = pipeline.plan(self.ctx, export, message.run_id)

@@ -391,3 +391,23 @@ def test_leavers_whose_untag_fails_stay_in_the_state_and_the_next_run_untags_the
     after = export(make_context(tmp_path, sim.base_url))
     assert after["untagged"] == after["leavers"] == report["leavers"]
     wait_for(lambda: tagged(sim) == state_emails(ctx))
+
+
+def test_the_cli_exits_7_while_the_functions_app_runs_the_export_and_names_supersede(cli_env, capsys):
+    write_segment(cli_env, 100, messy=False)
+    ctx = make_context(cli_env, "http://127.0.0.1:9")
+    start_run(ctx, load_export(), RunOptions(trigger="timer"))  # the Functions app has it under way
+    assert cli.main(["export", "vip", "-q"]) == cli.EXIT_BUSY
+    assert "--supersede" in capsys.readouterr().err
+
+
+def test_new_run_replaces_an_interrupted_run_of_the_snapshot_instead_of_resuming_it(tmp_path, sim):
+    write_segment(tmp_path, 300, messy=False)
+    ctx = make_context(tmp_path, sim.base_url)
+    definition = load_export()
+    interrupted = start_run(ctx, definition, RunOptions())
+    plan(ctx, definition, interrupted.run_id)  # ...and the process dies here
+    report = export(make_context(tmp_path, sim.base_url), definition, new_run=True)
+    assert report["runId"] == f"{interrupted.run_id}-f1" and report["status"] == "succeeded"
+    statuses = {r["runId"]: r["status"] for r in list_runs(ctx, "vip")}
+    assert statuses == {interrupted.run_id: "superseded", report["runId"]: "succeeded"}
