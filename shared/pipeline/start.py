@@ -121,9 +121,12 @@ def _try_start(ctx: Context, export: ExportDefinition, options: RunOptions, snap
     if not ctx.state_store.create(RUNS, paths.started, dumps(started)):
         return None  # a twin start created it first: it is the newest run of the snapshot now
     if not claim_active(ctx, export.name, generation, run_id, snapshot.snapshot_id):
-        # Another start became active first. Withdraw this never-used run so it does not linger unfinished.
-        ctx.state_store.delete(RUNS, paths.started)
-        return None
+        _, pointer = active_run(ctx, export.name)
+        if pointer is None or pointer["runId"] != run_id:
+            # Another run became active first. Withdraw this never-used one so it does not linger unfinished.
+            ctx.state_store.delete(RUNS, paths.started)
+            return None
+        # A twin start found this run unfinished and made it active for us: it is ours to plan.
     return StartedRun(export.name, run_id, True, False, snapshot.snapshot_id, note=note)
 
 

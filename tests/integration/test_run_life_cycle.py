@@ -411,3 +411,25 @@ def test_new_run_replaces_an_interrupted_run_of_the_snapshot_instead_of_resuming
     assert report["runId"] == f"{interrupted.run_id}-f1" and report["status"] == "succeeded"
     statuses = {r["runId"]: r["status"] for r in list_runs(ctx, "vip")}
     assert statuses == {interrupted.run_id: "superseded", report["runId"]: "succeeded"}
+
+
+def test_concurrent_forced_starts_of_one_snapshot_are_one_run(tmp_path, sim):
+    import threading
+
+    write_segment(tmp_path, 100, messy=False)
+    definition = load_export()
+    barrier = threading.Barrier(8)
+    results = []
+
+    def start() -> None:
+        ctx = make_context(tmp_path, sim.base_url)
+        barrier.wait()
+        results.append(start_run(ctx, definition, RunOptions(force=True, trigger="http")))
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({r.run_id for r in results}) == 1 and sum(r.created for r in results) == 1
+    assert len(list_runs(make_context(tmp_path, sim.base_url), "vip")) == 1
