@@ -433,3 +433,24 @@ def test_concurrent_forced_starts_of_one_snapshot_are_one_run(tmp_path, sim):
         t.join()
     assert len({r.run_id for r in results}) == 1 and sum(r.created for r in results) == 1
     assert len(list_runs(make_context(tmp_path, sim.base_url), "vip")) == 1
+
+
+def test_a_sigkill_while_untagging_is_finished_by_the_same_command(tmp_path, sim):
+    two_snapshots_with_leavers(tmp_path, sim, rows=4_000, drop=0.15)
+    before = untag_requests(sim)
+    dying = cli_process("export", "vip", "-q", root=tmp_path, sim=sim, rpm=400)
+    # Untag requests are paced at 54/min: after the first one the process is inside finalise, between chunks.
+    wait_for(lambda: untag_requests(sim) > before, seconds=90)
+    dying.send_signal(signal.SIGKILL)
+    dying.wait(timeout=30)
+    again = cli_process("export", "vip", "-q", "--json", root=tmp_path, sim=sim, rpm=400)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    report = json.loads(out)
+    assert not report.get("alreadyExported")  # the kill did land inside the run
+    chunks = -(-report["leavers"] // 250)
+    assert chunks >= 3 and report["status"] == "succeeded" and report["untagged"] == report["leavers"]
+    assert untag_requests(sim) - before <= chunks + 1  # at most the chunk in flight at the kill went twice
+    members = state_emails(make_context(tmp_path, sim.base_url))
+    assert len(members) == 4_000 - report["leavers"]
+    wait_for(lambda: tagged(sim) == members)
