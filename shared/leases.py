@@ -7,6 +7,9 @@ Nothing is ever released on an exception: a holder that dies simply lets its cla
 under a claim is idempotent, so a holder that was only slow (not dead) and the one that took over end in the
 same place.
 
+The same chain without expiry is a *pointer* (``chain_latest`` / ``chain_append``): the export's active run
+(shared/pipeline/start.py) is replaced by appending the next generation, so no conditional delete is needed.
+
 Times come from the caller's clock (``Context.clock``), so tests move a fake clock past an expiry instead of
 sleeping through it.
 """
@@ -43,13 +46,19 @@ def _holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def current(store: ObjectStore, container: str, prefix: str) -> Lease | None:
-    """The newest claim in the chain, expired or not; None if the step was never claimed."""
+def _newest(store: ObjectStore, container: str, prefix: str) -> tuple[int, str] | None:
+    """(generation, name) of the highest generation ``<prefix><generation>.json``; None if there is none."""
     newest = None
     for obj in store.list(container, prefix):
         suffix = obj.name[len(prefix):].removesuffix(".json")
         if suffix.isdigit() and (newest is None or int(suffix) > newest[0]):
             newest = (int(suffix), obj.name)
+    return newest
+
+
+def current(store: ObjectStore, container: str, prefix: str) -> Lease | None:
+    """The newest claim in the chain, expired or not; None if the step was never claimed."""
+    newest = _newest(store, container, prefix)
     if newest is None:
         return None
     data = json.loads(store.read(container, newest[1]))
@@ -78,11 +87,7 @@ CHAIN_KEEP = 8
 
 def chain_latest(store: ObjectStore, container: str, prefix: str) -> tuple[int, dict]:
     """The newest entry of a pointer chain ``<prefix><generation>.json``: (generation, body); (0, {}) if none."""
-    newest = None
-    for obj in store.list(container, prefix):
-        suffix = obj.name[len(prefix):].removesuffix(".json")
-        if suffix.isdigit() and (newest is None or int(suffix) > newest[0]):
-            newest = (int(suffix), obj.name)
+    newest = _newest(store, container, prefix)
     if newest is None:
         return 0, {}
     return newest[0], json.loads(store.read(container, newest[1]))
@@ -93,6 +98,10 @@ def chain_append(store: ObjectStore, container: str, prefix: str, after: int, bo
     Replacing a pointer this way needs no conditional delete: exactly one writer wins each generation."""
     name = f"{prefix}{after + 1:08d}.json"
     if not store.create(container, name, json.dumps(body).encode()):
+        return False
+    if chain_latest(store, container, prefix)[0] != after + 1:
+        # A reader so late that its generation was already pruned re-created it: it did not win anything.
+        store.delete(container, name)
         return False
     for old in range(max(1, after + 1 - CHAIN_KEEP - 4), after + 1 - CHAIN_KEEP):
         store.delete(container, f"{prefix}{old:08d}.json")

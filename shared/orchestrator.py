@@ -152,7 +152,7 @@ class Orchestrator:
         results = sum(1 for _ in store.list(names.RUNS_CONTAINER, paths.results_prefix))
         now = self.ctx.clock()
         claims = [leases.current(store, names.RUNS_CONTAINER, prefix)
-                  for prefix in (paths.finalise_claims, f"{paths.root}/finalise/complete.")]
+                  for prefix in (paths.finalise_claims, paths.complete_claims)]
         if results >= manifest["batches"] and all(c is None or c.expires_at <= now for c in claims):
             log.warning("export=%s runId=%s has every result but no report: queuing its finalisation",
                         export.name, run_id)

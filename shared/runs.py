@@ -13,6 +13,7 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/outcome/<n>.a<k>.json what attempt k ended with (failed items)
     <export>/runs/<runId>/results/<n>.json    the batch's final result, written exactly once
     <export>/runs/<runId>/finalise/claim.<g>.json  finalisation claims: leases that expire (shared/leases.py)
+    <export>/runs/<runId>/finalise/complete.<g>.json  claims of the last step (state commit, report)
     <export>/runs/<runId>/finalise/summary.json    finalisation prepared (leavers, decisions), written once
     <export>/runs/<runId>/finalise/entries.bin     the new state's members (without leavers)
     <export>/runs/<runId>/finalise/leavers.bin     the leavers to untag, cut in chunks of ≤ 250
@@ -92,6 +93,7 @@ class RunPaths:
     heartbeat = property(lambda self: f"{self.root}/heartbeat.json")
     # Finalising, step by step (shared/pipeline/finalise.py): claims, the prepared outcome, untag chunk markers.
     finalise_claims = property(lambda self: f"{self.root}/finalise/claim.")
+    complete_claims = property(lambda self: f"{self.root}/finalise/complete.")
     finalise_summary = property(lambda self: f"{self.root}/finalise/summary.json")
     finalise_entries = property(lambda self: f"{self.root}/finalise/entries.bin")
     finalise_leavers = property(lambda self: f"{self.root}/finalise/leavers.bin")

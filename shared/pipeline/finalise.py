@@ -230,7 +230,7 @@ def untag_chunk(ctx: Context, export: ExportDefinition, run_id: str, i: int, *, 
 
 def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths, manifest: dict[str, Any],
               summary: dict[str, Any], take_over: bool) -> dict[str, Any]:
-    _claim(ctx, f"{paths.root}/finalise/complete.", take_over)
+    _claim(ctx, paths.complete_claims, take_over)
     existing = read_json(ctx.state_store, RUNS, paths.report)
     if existing is not None:
         release_active(ctx, export.name, run_id)
