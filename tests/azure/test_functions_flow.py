@@ -399,7 +399,7 @@ def test_an_older_full_resync_and_a_newer_snapshot_with_a_timer_fire_never_untag
     flow.clock.now += 3600
     flow.upload_segment(tmp_path, 1_000, run=SECOND_SNAPSHOT, drop_fraction=0.1)  # ...when B lands
     flow.host.timer("export_timer")
-    assert runs_of(flow)[0]["runId"] == older  # the timer started nothing beside it
+    assert len(runs_of(flow)) == 2 and flow.queue_length(names.PLAN_QUEUE) <= 1  # it started nothing beside it
     flow.run_to_end()
     flow.clock.now += 3600
     flow.host.timer("export_timer")  # the next fire starts B's run
