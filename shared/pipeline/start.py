@@ -98,6 +98,8 @@ def _try_start(ctx: Context, export: ExportDefinition, options: RunOptions, snap
             if not claim_active(ctx, export.name, generation, newest, snapshot.snapshot_id):
                 return None
             return StartedRun(export.name, newest, False, False, snapshot.snapshot_id, note="an unfinished run")
+        if report is None and not superseded:  # --new-run over an unfinished run nobody drives: replace it
+            supersede_run(ctx, export.name, newest, by_snapshot=snapshot.snapshot_id)
         if report is not None and not options.fresh:
             old = read_json(ctx.state_store, RUNS, paths.started) or {}
             if report["status"] in RETRIED_STATUSES:
