@@ -54,7 +54,7 @@ def export_timer(timer: func.TimerRequest) -> None:
 
 @app.route(route="exports/{name}/runs", methods=["POST"])
 def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
-    """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit"}."""
+    """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit", "supersede"}."""
     from shared.http_input import BadRequest, check_export_name, start_options
     from shared.pipeline import RunOptions
 
@@ -65,7 +65,7 @@ def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
     except BadRequest as exc:
         return _json(exc.status, {"error": str(exc)})
     status, result = orchestrator().start(name, options)
-    if "runId" in result and status in (200, 202):
+    if "runId" in result and status in (200, 202, 409):
         base = req.url.split("/api/", 1)[0]
         result["statusUrl"] = f"{base}/api/exports/{name}/runs/{result['runId']}"
     return _json(status, result)
@@ -112,6 +112,11 @@ def verify_stage(msg: func.QueueMessage) -> None:
     orchestrator().on_verify(_message(msg))
 
 
+@app.queue_trigger(arg_name="msg", queue_name=names.FINALISE_QUEUE, connection=names.STORAGE_CONNECTION)
+def finalise_stage(msg: func.QueueMessage) -> None:
+    orchestrator().on_finalise(_message(msg))
+
+
 # ------------------------------------------------------------------------------------------------ poison
 
 
@@ -131,3 +136,9 @@ def send_poison(msg: func.QueueMessage) -> None:
                    connection=names.STORAGE_CONNECTION)
 def verify_poison(msg: func.QueueMessage) -> None:
     orchestrator().on_poison(names.VERIFY_QUEUE + names.POISON_SUFFIX, msg.get_body())
+
+
+@app.queue_trigger(arg_name="msg", queue_name=names.FINALISE_QUEUE + names.POISON_SUFFIX,
+                   connection=names.STORAGE_CONNECTION)
+def finalise_poison(msg: func.QueueMessage) -> None:
+    orchestrator().on_poison(names.FINALISE_QUEUE + names.POISON_SUFFIX, msg.get_body())

@@ -137,9 +137,11 @@ var queueNames = [
   'export-plan'
   'export-send'
   'export-verify'
+  'export-finalise'
   'export-plan-poison'
   'export-send-poison'
   'export-verify-poison'
+  'export-finalise-poison'
 ]
 
 // Customer Insights export container: in the app account unless an existing account is named.

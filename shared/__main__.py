@@ -24,11 +24,13 @@ EXIT_RUN_FAILED = 3
 EXIT_SNAPSHOT = 4
 EXIT_KEY = 5
 EXIT_HELD = 6
+EXIT_BUSY = 7
 EXIT_INTERRUPTED = 130
 
 EXIT_CODES_HELP = """\
 exit codes:
-  0    every valid contact was delivered (or nothing had changed; also a dry run, or a snapshot already exported)
+  0    every valid contact was delivered (or nothing had changed; also a dry run)
+       a snapshot already exported exits with the code of the run that exported it (0, 1 or 6)
   1    partial delivery: some contacts failed; see rejected.csv in the run folder
   2    configuration error: settings, export definitions, or an export that is disabled / not acknowledged
   3    the run failed for another reason (message says which); run the same command again to resume it
@@ -36,6 +38,7 @@ exit codes:
   5    Omnisend refused the API key (or it lacks a permission), or no key could be read from Key Vault
        (unreachable, access denied, or no such secret: the message says which)
   6    held: more members left the segment than maxExitFraction allows; confirm with --allow-mass-exit
+  7    another run of this export is active (another process, or the Functions app); wait, or --supersede
   130  interrupted (Ctrl-C / SIGTERM: the requests in flight finish; a second Ctrl-C abandons them);
        run the same command again to resume
 """
@@ -76,8 +79,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export one segment to Omnisend",
-        description="Export the newest snapshot of one export's segment. Re-running a finished snapshot does "
-        "nothing unless --force; re-running after a crash resumes where it stopped.",
+        description="Export the newest snapshot of one export's segment. Re-running the same command resumes the "
+        "newest unfinished run of that snapshot (whatever options started it: stopped, interrupted or crashed); a "
+        "finished snapshot is not exported again unless --force or --new-run (a run that ended failed is retried, "
+        "a held one is re-planned once its files changed). An unfinished run of an older snapshot is finished "
+        "first. See README 'Run life cycle'.",
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -85,7 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--dry-run", action="store_true",
                    help="read only: show what would be sent, untagged and rejected; nothing is written")
-    p.add_argument("--force", action="store_true", help="export this snapshot again as a new run")
+    p.add_argument("--force", action="store_true",
+                   help="export this snapshot again as a new run (an unfinished run of it is resumed instead)")
+    p.add_argument("--new-run", action="store_true",
+                   help="start a new run of this snapshot instead of resuming its unfinished one (which is then "
+                   "superseded; if another process or the Functions app runs it, add --supersede)")
+    p.add_argument("--supersede", action="store_true",
+                   help="replace the export's unfinished run (another snapshot's, or the one in the way of "
+                   "--new-run): it is marked superseded and never untags nor commits the state")
     p.add_argument("--full-resync", action="store_true",
                    help="send every contact, not only the changed ones, and rebuild the export's state")
     p.add_argument("--allow-mass-exit", action="store_true",
@@ -193,7 +206,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         ctx = build_context(settings, stop=stop)
         export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
-                             allow_mass_exit=args.allow_mass_exit)
+                             allow_mass_exit=args.allow_mass_exit, supersede=args.supersede,
+                             new_run=args.new_run)
         report = with_config(run_export(ctx, export, options, progress), args.config)
         if sim is not None and not args.dry_run:
             report = {**report, "target": f"Omnisend simulator {sim.base_url} (no key configured)"}
@@ -204,7 +218,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         _out(json.dumps(report, indent=2, ensure_ascii=False))
     else:
         _print_report(report)
-    return EXIT_OK if report.get("dryRun") or report.get("alreadyExported") else _exit_code_for(report)
+    # "Already exported" answers with the status of the run that exported it: never 0 for one that did not succeed.
+    return EXIT_OK if report.get("dryRun") else _exit_code_for(report)
 
 
 def _stop_on_signals(stop: StopSignal) -> None:

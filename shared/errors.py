@@ -46,6 +46,12 @@ class AuthRejected(FailRun):
     exit_code = 5
 
 
+class RunBusy(FailRun):
+    """Another run of the export is active (another process, or the Functions app): wait, or --supersede it."""
+
+    exit_code = 7
+
+
 class RetryLater(ExporterError):
     """Transient failure. ``retry_after`` (seconds) is the server's hint when it gave one."""
 

@@ -19,7 +19,8 @@ from shared.runs import RUN_ID_RE
 MAX_BODY_BYTES = 1024
 # How much of a refused input an answer quotes.
 EXCERPT_CHARS = 80
-START_OPTIONS = {"force": "force", "dryRun": "dry_run", "fullResync": "full_resync", "allowMassExit": "allow_mass_exit"}
+START_OPTIONS = {"force": "force", "dryRun": "dry_run", "fullResync": "full_resync", "allowMassExit": "allow_mass_exit",
+                 "supersede": "supersede"}
 
 
 class BadRequest(ValueError):

@@ -5,18 +5,21 @@ The Azure Functions app drives the same stages through queues; nothing here is n
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 from shared import pipeline
-from shared.errors import FailRun, RetryLater
+from shared.errors import FailRun, RetryLater, RunBusy
 from shared.exports import ExportDefinition
 from shared.names import RUNS_CONTAINER
 from shared.omnisend.client import TAGS_REQUESTS_PER_MINUTE, TAGS_SAFETY_FACTOR, UNTAG_MAX_EMAILS
+from shared.pipeline.start import HEARTBEAT_SECONDS, HEARTBEAT_STALE_SECONDS
 from shared.preflight import preflight
 from shared.progress import Progress, plural
 from shared.runs import RunPaths
@@ -36,6 +39,9 @@ POLL_INTERVAL_SECONDS = 1.0
 # then the batch counts as failed (its rows in rejected.csv) so the run still finishes.
 SEND_ROUNDS = 3
 SEND_ROUND_PAUSE_SECONDS = 30.0
+# An export has at most one active run; finishing an interrupted older one first (or replacing this snapshot's
+# own for --new-run) takes at most one extra pass.
+MAX_OLDER_RUNS = 1
 # Consecutive failed polls before the open batches are given up as "could not confirm".
 VERIFY_GIVE_UP_ROUNDS = 20
 # What the untag step is paced at (shown to the user): the client's own pacing of /contacts/tags.
@@ -52,53 +58,126 @@ def run_export(
     progress: Progress | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> dict[str, Any]:
-    """Run one export to its end. Raises the fatal error that stopped it (the run is then recorded as stopped and
-    resumable), or ``Interrupted`` when its StopSignal was set by the operator (the run is left as it is)."""
+    """Run (or resume) the export's run for its newest snapshot to its end and return the report. An unfinished
+    run of an older snapshot that this process may resume (it stopped, or its process died) is finished first:
+    a newer snapshot's run only starts after the older one finished (ARCHITECTURE §4 rule 7)."""
     progress = progress or Progress(enabled=False)
     if options.dry_run:
         return pipeline.dry_run(ctx, export, options)
-    stop = ctx.client.stop
-    sleep = sleep or stop.sleep
-    started = pipeline.start_run(ctx, export, options)
-    if started.finished:
-        report = pipeline.run_status(ctx, export.name, started.run_id)["report"]
-        progress.note(
-            f"snapshot {started.snapshot_id} was already exported by run {started.run_id} "
-            f"(status {report['status']}); use --force to export it again"
-        )
-        return {**report, "alreadyExported": True}
-    if not started.created:
-        progress.note(f"resuming run {started.run_id}: batches already confirmed are not sent again")
-        # It may have stopped (bad key, unreadable snapshot): it is running again.
-        ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, started.run_id).failure)
+    sleep = sleep or ctx.client.stop.sleep
+    try:
+        for _ in range(MAX_OLDER_RUNS + 2):
+            started = pipeline.start_run(ctx, export, options)
+            if started.finished:
+                report = pipeline.run_status(ctx, export.name, started.run_id)["report"]
+                progress.note(
+                    f"snapshot {started.snapshot_id} was already exported by run {started.run_id} "
+                    f"(status {report['status']}); use --new-run to export it again"
+                )
+                return {**report, "alreadyExported": True}
+            if not started.created:
+                _check_resumable_here(ctx, export.name, started)
+            if not started.busy:
+                break
+            if options.new_run and started.snapshot_id == started.wanted_snapshot:
+                # --new-run over this snapshot's own unfinished run, which nobody works on: replace it.
+                options = dataclasses.replace(options, supersede=True)
+                continue
+            progress.note(f"run {started.run_id} of the older snapshot {started.snapshot_id} did not finish: "
+                          f"finishing it before snapshot {started.wanted_snapshot}")
+            _drive(ctx, export, started.run_id, options, progress, sleep, resumed=True)
+        else:  # pragma: no cover - each pass finishes one older run, and only one can be active
+            raise FailRun(f"export {export.name!r} kept having unfinished runs; run the same command again")
+        if started.note and started.created:
+            progress.note(started.note)
+        report, sending = _drive(ctx, export, started.run_id, options, progress, sleep,
+                                 resumed=not started.created)
+    finally:
+        progress.close()
+    return {**report, "sending": sending}
 
+
+def _check_resumable_here(ctx: pipeline.Context, export: str, started: pipeline.StartedRun) -> None:
+    """Resume a run only if nobody else is working on it: it stopped (failure.json) or its CLI process died.
+    A run the Functions app drives, or another live CLI process, is left alone."""
+    paths = RunPaths(export, started.run_id)
+    if ctx.state_store.exists(RUNS_CONTAINER, paths.failure) or pipeline.is_interrupted(ctx, export, started.run_id):
+        return
+    info = pipeline.read_started(ctx, export, started.run_id)
+    where = ("the Functions app" if info["options"].get("trigger", "cli") != "cli"
+             else f"another process (heartbeat younger than {HEARTBEAT_STALE_SECONDS:.0f}s)")
+    wanted = f" before snapshot {started.wanted_snapshot} can start" if started.busy else ""
+    raise RunBusy(
+        f"run {started.run_id} of export {export!r} (snapshot {started.snapshot_id}) is being run by {where}; "
+        f"wait for it to finish{wanted}, or replace it with: python -m shared export {export} --supersede"
+    )
+
+
+def _drive(ctx: pipeline.Context, export: ExportDefinition, run_id: str, options: pipeline.RunOptions,
+           progress: Progress, sleep, resumed: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Plan, send, verify and finalise one run in this process, beating its heartbeat meanwhile. Raises the fatal
+    error that stopped it (the run is then recorded as stopped and resumable), or ``Interrupted`` when its
+    StopSignal was set by the operator (the run is left as it is)."""
+    stop = ctx.client.stop
+    if resumed:
+        progress.note(f"resuming run {run_id}: batches already confirmed are not sent again")
+        # It may have stopped (bad key, unreadable snapshot): it is running again.
+        ctx.state_store.delete(RUNS_CONTAINER, RunPaths(export.name, run_id).failure)
+    heart = _Heartbeat(ctx, export.name, run_id)
     try:
         try:
-            _preflight(ctx, export.name, started.run_id)
+            _preflight(ctx, export.name, run_id)
             progress.phase("planning")
-            total_bytes = pipeline.read_started(ctx, export.name, started.run_id)["source"].get("total_bytes", 0)
+            total_bytes = pipeline.read_started(ctx, export.name, run_id)["source"].get("total_bytes", 0)
 
             def planning(rows: int, nbytes: int) -> None:
                 stop.check()  # Ctrl-C while planning: stop at the next progress tick, not after the whole snapshot
                 progress.planning(rows, nbytes, total_bytes)
 
-            manifest = pipeline.plan(ctx, export, started.run_id, progress=planning)
+            manifest = pipeline.plan(ctx, export, run_id, progress=planning)
             stop.check()
             progress.planned(_planned_text(manifest))
-            sending = _send_and_verify(ctx, export.name, started.run_id, manifest["batches"], progress, sleep)
+            sending = _send_and_verify(ctx, export.name, run_id, manifest["batches"], progress, sleep)
             _show_finalising(ctx, export, manifest, options, progress)
-            report = pipeline.finalise(ctx, export, started.run_id)
+            # No one else works on this run (checked before resuming it), so a claim left by a dead process is ours.
+            report = pipeline.finalise(ctx, export, run_id, take_over=True)
         except Stopped as exc:
             raise exc.reason from None
     except FailRun as exc:
         stop.stop(exc)
-        pipeline.fail_run(ctx, export.name, started.run_id, exc)
+        pipeline.fail_run(ctx, export.name, run_id, exc)
         raise
     finally:
-        progress.close()
-    if report is None:  # pragma: no cover - every batch has a result by now
-        raise FailRun(f"run {started.run_id} did not finish; run the same command again to resume it")
-    return {**report, "sending": sending}
+        heart.stop()
+    if report is None:
+        if pipeline.is_superseded(ctx, export.name, run_id):
+            raise FailRun(f"run {run_id} was superseded by a newer snapshot's run while it ran; nothing to resume")
+        raise FailRun(f"run {run_id} did not finish; run the same command again to resume it")  # pragma: no cover
+    return report, sending
+
+
+class _Heartbeat:
+    """Writes the run's heartbeat every HEARTBEAT_SECONDS from a daemon thread, and a last one on the way out
+    (finished, failed or interrupted), so `runs` tells a dead run from a live one."""
+
+    def __init__(self, ctx: pipeline.Context, export: str, run_id: str) -> None:
+        self.ctx, self.export, self.run_id = ctx, export, run_id
+        self._stop = threading.Event()
+        pipeline.beat(ctx, export, run_id)
+        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                pipeline.beat(self.ctx, self.export, self.run_id)
+            except Exception:  # a missed beat only makes the run look older; the export goes on
+                log.warning("could not write the heartbeat of run %s", self.run_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        pipeline.beat(self.ctx, self.export, self.run_id, ended=True)
 
 
 def _preflight(ctx, export: str, run_id: str) -> None:

@@ -20,7 +20,9 @@ BLOB_CONFIG_PREFIX = "blob:"
 PLAN_QUEUE = "export-plan"
 SEND_QUEUE = "export-send"
 VERIFY_QUEUE = "export-verify"
-STAGE_QUEUES = (PLAN_QUEUE, SEND_QUEUE, VERIFY_QUEUE)
+# Finalising in steps: one message per untag chunk (≤ 250 leavers) and "finalise" nudges (shared/pipeline/finalise.py).
+FINALISE_QUEUE = "export-finalise"
+STAGE_QUEUES = (PLAN_QUEUE, SEND_QUEUE, VERIFY_QUEUE, FINALISE_QUEUE)
 POISON_SUFFIX = "-poison"
 
 # Connection-setting prefix the queue bindings use (identity-based in Azure: AzureWebJobsStorage__*).

@@ -5,7 +5,9 @@ function_app.py only decodes bindings and calls these methods. Flow:
     timer / HTTP start ──► export-plan ──► PLAN ──► export-send  (one message per batch) ──► SEND
                                               └──► export-verify (one message per group of batches, delayed)
                                                         │ VERIFY: settle finished batches, re-enqueue itself
-                                                        └─► FINALISE once the last result exists
+                                                        └─► FINALISE once the last result exists: prepare,
+                                                            then export-finalise (one message per untag chunk)
+                                                            ──► UNTAG chunk ──► the last one completes the run
     <queue>-poison ──► the batch (or group, or plan) is recorded as failed, so the run still finalises.
 
 A 429 or other transient failure re-enqueues the message with a visibility delay instead of sleeping inside the
@@ -20,13 +22,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from shared import names, pipeline
+from shared import leases, names, pipeline
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
 from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
 from shared.preflight import preflight
-from shared.queues import StageMessage
+from shared.queues import MAX_DELAY_SECONDS, StageMessage
 from shared.runs import RUN_ID_RE, RunPaths, read_json
 from shared.secrets import ApiKeyUnavailable
 
@@ -53,6 +55,11 @@ PREFLIGHT_MAX_REQUEUES = 6
 # Errors that would be the same for every message of a run (ARCHITECTURE §4 rule 10): a refused key, no key from
 # Key Vault, no answer from Omnisend (the client's circuit breaker), a wrong base URL.
 STOPS_THE_RUN = (AuthRejected, ApiKeyUnavailable, OmnisendUnreachable, BaseUrlNotFound)
+# A chunk of leavers whose untag keeps meeting 429/5xx is re-queued (with the send back-off) this many times,
+# then recorded failed: those leavers stay in the state and the next run untags them.
+UNTAG_MAX_REQUEUES = 8
+# A finalisation found claimed is looked at again this long after the claim expires (lease expiry is not exact).
+FINALISE_RECHECK_MARGIN = 30
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
 
@@ -76,8 +83,10 @@ class Orchestrator:
     # ------------------------------------------------------------------------------------------ starting runs
 
     def start(self, export_name: str, options: pipeline.RunOptions) -> tuple[int, dict[str, Any]]:
-        """HTTP start: (status code, body). 404 unknown export; 202 with the run id once queued; the running
-        run's id instead of a second run; 200 with the report for a snapshot already exported (unless force)."""
+        """HTTP start: (status code, body). 404 unknown export; 202 with the run id once queued; 202 with the
+        running run's id for a plain start of the snapshot under way; 409 with the active run's id when this start
+        cannot begin (a forced start while a run is active, or a newer snapshot while an older run is active,
+        unless "supersede"); 200 with the report for a snapshot already exported (unless force)."""
         exports = self.load_exports()
         try:
             export = find_export(exports, export_name)
@@ -98,21 +107,28 @@ class Orchestrator:
                          "hint": 'this snapshot was already exported; send {"force": true} to export it again'}
         if started.created:
             self._enqueue_plan(export.name, started.run_id)
-            return 202, {**body, "status": "queued"}
+            return 202, {**body, "status": "queued", **({"note": started.note} if started.note else {})}
+        if started.busy or options.fresh:
+            what = (f"snapshot {started.wanted_snapshot} cannot start" if started.busy
+                    else "a forced run cannot start")
+            return 409, {**body, "status": "active", "alreadyRunning": True,
+                         "error": f"{what} while run {started.run_id} of export {export.name!r} is unfinished",
+                         "hint": 'wait for it (see statusUrl), or send {"supersede": true} to replace it'}
         # Already under way. If it stopped (bad key, say) or its plan message was lost, starting it again resumes
         # it: PLAN is idempotent and queues only the batches that were not sent yet.
-        paths = RunPaths(export.name, started.run_id)
-        if self._stopped(paths) or self._plan_is_stale(export.name, started.run_id):
-            self._enqueue_plan(export.name, started.run_id)
+        if self._nudge(export, started.run_id):
             return 202, {**body, "status": "resumed"}
         return 202, {**body, "status": "running", "alreadyRunning": True}
 
     def _stopped(self, paths: RunPaths) -> bool:
-        return self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.failure)
+        """Stopped (bad key) or superseded: its remaining messages end without a request."""
+        return (self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.failure)
+                or self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.superseded))
 
     def on_timer(self) -> list[dict[str, Any]]:
-        """For every runnable export whose newest snapshot has no run yet, start one. Duplicate fires find the
-        run their twin started (same export + snapshot → same run id) and start nothing."""
+        """For every runnable export whose newest snapshot has no run yet, start one, unless the export has an
+        unfinished run: then nothing new starts (one active run per export) and that run is nudged on if it
+        stopped, lost its plan message or its finaliser died. Duplicate fires find the run their twin started."""
         started = []
         for export in self.load_exports():
             if not (export.enabled and export.data_transfer_acknowledged):
@@ -125,10 +141,37 @@ class Orchestrator:
             if run.created:
                 self._enqueue_plan(export.name, run.run_id)
                 started.append({"export": export.name, "runId": run.run_id})
-            elif not run.finished and self._plan_is_stale(export.name, run.run_id):
-                log.warning("timer export=%s runId=%s: plan never ran; queuing it again", export.name, run.run_id)
-                self._enqueue_plan(export.name, run.run_id)
+            elif not run.finished:
+                if run.busy:
+                    log.info("timer export=%s: snapshot %s waits for run %s", export.name, run.wanted_snapshot,
+                             run.run_id)
+                self._nudge(export, run.run_id)
         return started
+
+    def _nudge(self, export: ExportDefinition, run_id: str) -> bool:
+        """Get an unfinished run moving again if nothing drives it: resume a stopped run, re-queue a lost plan,
+        re-queue a finalisation whose holder died (its claims expired). True if something was queued."""
+        paths = RunPaths(export.name, run_id)
+        store = self.ctx.state_store
+        if store.exists(names.RUNS_CONTAINER, paths.superseded):
+            return False
+        if store.exists(names.RUNS_CONTAINER, paths.failure) or self._plan_is_stale(export.name, run_id):
+            log.warning("export=%s runId=%s stopped or never planned: queuing its plan again", export.name, run_id)
+            self._enqueue_plan(export.name, run_id)
+            return True
+        manifest = read_json(store, names.RUNS_CONTAINER, paths.manifest)
+        if manifest is None or store.exists(names.RUNS_CONTAINER, paths.report):
+            return False
+        results = sum(1 for _ in store.list(names.RUNS_CONTAINER, paths.results_prefix))
+        now = self.ctx.clock()
+        claims = [leases.current(store, names.RUNS_CONTAINER, prefix)
+                  for prefix in (paths.finalise_claims, paths.complete_claims)]
+        if results >= manifest["batches"] and all(c is None or c.expires_at <= now for c in claims):
+            log.warning("export=%s runId=%s has every result but no report: queuing its finalisation",
+                        export.name, run_id)
+            self._enqueue_finalise(export.name, run_id)
+            return True
+        return False
 
     def _plan_is_stale(self, export: str, run_id: str) -> bool:
         paths = RunPaths(export, run_id)
@@ -145,6 +188,8 @@ class Orchestrator:
     def on_plan(self, message: StageMessage) -> dict[str, Any]:
         export = find_export(self.load_exports(), message.export)
         paths = RunPaths(export.name, message.run_id)
+        if self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.superseded):
+            return {"superseded": message.run_id}  # a newer snapshot's run replaced it: plan nothing
         self.ctx.state_store.delete(names.RUNS_CONTAINER, paths.failure)
         try:
             # Before any send is queued: a refused key, a wrong URL or an unreachable Omnisend stop the run here
@@ -264,6 +309,11 @@ class Orchestrator:
             elif stage == names.VERIFY_QUEUE:
                 for n in range(message.batch, int(message.extra["last"]) + 1):
                     pipeline.record_batch_failure(self.ctx, message.export, message.run_id, n, reason)
+            elif stage == names.FINALISE_QUEUE and message.extra.get("kind") == "untag":
+                # Its leavers stay in the state (so the next run untags them) and the report says so.
+                pipeline.record_untag_failure(self.ctx, message.export, message.run_id, message.batch, reason)
+            elif stage == names.FINALISE_QUEUE:
+                return "left-to-timer"  # the timer re-queues a finalisation whose claims expired (_nudge)
             self._finalise_by_name(message.export, message.run_id)
             return "recorded"
         except Exception:
@@ -272,16 +322,47 @@ class Orchestrator:
 
     # ------------------------------------------------------------------------------------------ finalise
 
+    def on_finalise(self, message: StageMessage) -> str:
+        """A finalisation step: untag one chunk of leavers (kind "untag", chunk number in ``batch``), or try to
+        finalise (kind "finalise": a nudge, or a retry after another holder's claim expired)."""
+        export = find_export(self.load_exports(), message.export)
+        if self._stopped(RunPaths(export.name, message.run_id)):
+            return "run-stopped"
+        if message.extra.get("kind") == "untag":
+            try:
+                pipeline.untag_chunk(self.ctx, export, message.run_id, message.batch,
+                                     give_up=message.attempt >= UNTAG_MAX_REQUEUES)
+            except RetryLater as exc:
+                backoff = self.send_backoff[min(message.attempt, len(self.send_backoff) - 1)]
+                self.queues.send(names.FINALISE_QUEUE, message.retried(),
+                                 delay_seconds=int(max(exc.retry_after or 0, backoff)))
+                log.warning("untag export=%s runId=%s chunk=%d retry: %s", export.name, message.run_id,
+                            message.batch, exc)
+                return "requeued"
+        report = self._finalise(export, message.run_id, requeue=message.extra.get("kind") == "finalise")
+        return "finalised" if report is not None else "pending"
+
+    def _enqueue_finalise(self, export: str, run_id: str, delay: float = 0) -> None:
+        self.queues.send(names.FINALISE_QUEUE, StageMessage(export, run_id, extra={"kind": "finalise"}),
+                         delay_seconds=int(min(delay, MAX_DELAY_SECONDS)))
+
+    def _queue_chunks(self, export: str, run_id: str, chunks: list[int]) -> None:
+        with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
+            list(pool.map(lambda i: self.queues.send(
+                names.FINALISE_QUEUE, StageMessage(export, run_id, i, extra={"kind": "untag"})), chunks))
+
     def _finalise_by_name(self, export_name: str, run_id: str) -> dict[str, Any] | None:
         export = find_export(self.load_exports(), export_name)
         return self._finalise(export, run_id)
 
-    def _finalise(self, export: ExportDefinition, run_id: str) -> dict[str, Any] | None:
+    def _finalise(self, export: ExportDefinition, run_id: str, requeue: bool = False) -> dict[str, Any] | None:
         try:
-            return pipeline.finalise(self.ctx, export, run_id)
-        except RetryLater as exc:
-            # Untagging could not get through; the state keeps the leavers and the next run tries again.
-            log.warning("finalise export=%s runId=%s: %s", export.name, run_id, exc)
+            return pipeline.finalise(self.ctx, export, run_id, requeue=requeue,
+                                     queue_chunks=lambda chunks: self._queue_chunks(export.name, run_id, chunks))
+        except pipeline.FinaliseBusy as exc:
+            # Someone holds the step. If it dies, its claim expires: look again then (it is a no-op if it finished).
+            self._enqueue_finalise(export.name, run_id, delay=(exc.retry_after or 0) + FINALISE_RECHECK_MARGIN)
+            log.info("finalise export=%s runId=%s: %s; checking again later", export.name, run_id, exc)
             return None
 
     # ------------------------------------------------------------------------------------------ status

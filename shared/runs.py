@@ -12,9 +12,16 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/sent/<n>.a<k>.json   attempt k of batch n was submitted: Omnisend's batchID
     <export>/runs/<runId>/outcome/<n>.a<k>.json what attempt k ended with (failed items)
     <export>/runs/<runId>/results/<n>.json    the batch's final result, written exactly once
-    <export>/runs/<runId>/final.json          finalisation claimed (exactly once)
+    <export>/runs/<runId>/finalise/claim.<g>.json  finalisation claims: leases that expire (shared/leases.py)
+    <export>/runs/<runId>/finalise/complete.<g>.json  claims of the last step (state commit, report)
+    <export>/runs/<runId>/finalise/summary.json    finalisation prepared (leavers, decisions), written once
+    <export>/runs/<runId>/finalise/entries.bin     the new state's members (without leavers)
+    <export>/runs/<runId>/finalise/leavers.bin     the leavers to untag, cut in chunks of ≤ 250
+    <export>/runs/<runId>/finalise/untag/<i>.json  chunk i untagged (or failed): done once
     <export>/runs/<runId>/report.json         the run report (ARCHITECTURE §3)
     <export>/runs/<runId>/failure.json        why the run stopped (bad key, unreadable snapshot); a re-run resumes
+    <export>/runs/<runId>/superseded.json     an explicit start of a newer snapshot replaced this run (terminal)
+    <export>/runs/<runId>/heartbeat.json      the CLI process working on the run is alive (stale: interrupted)
     <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
 
 The export's membership state is not here: it lives in ``names.STATE_CONTAINER`` (shared/state.py), so run
@@ -63,14 +70,12 @@ def batch_label(n: int) -> str:
 RUN_ID_RE = re.compile(r"r-[0-9a-f]{12}(?:-f[0-9]{1,12})?")
 
 
-def derive_run_id(export: str, snapshot_id: str, forced_at: float | None = None) -> str:
+def derive_run_id(export: str, snapshot_id: str, further: int = 0) -> str:
     """Same export + snapshot → same run id, so a finished snapshot is not exported twice and a crashed run
-    resumes. ``--force`` adds the time, giving a new run."""
+    resumes. The k-th further run of the snapshot (forced, re-planned) is ``-fk``: never a wall-clock time, so two
+    identical starts straddling a second boundary still name the same run."""
     digest = hashlib.blake2b(f"{export}\n{snapshot_id}".encode(), digest_size=6).hexdigest()
-    run_id = f"r-{digest}"
-    if forced_at is not None:
-        run_id += f"-f{int(forced_at)}"
-    return run_id
+    return f"r-{digest}" + (f"-f{further}" if further else "")
 
 
 @dataclass(frozen=True)
@@ -87,9 +92,21 @@ class RunPaths:
     changes = property(lambda self: f"{self.root}/changes.bin")
     planned_keys = property(lambda self: f"{self.root}/planned-keys.bin")
     plan_rejected = property(lambda self: f"{self.root}/plan-rejected.csv")
-    final = property(lambda self: f"{self.root}/final.json")
     report = property(lambda self: f"{self.root}/report.json")
     failure = property(lambda self: f"{self.root}/failure.json")
+    superseded = property(lambda self: f"{self.root}/superseded.json")
+    heartbeat = property(lambda self: f"{self.root}/heartbeat.json")
+    # Finalising, step by step (shared/pipeline/finalise.py): claims, the prepared outcome, untag chunk markers.
+    finalise_claims = property(lambda self: f"{self.root}/finalise/claim.")
+    complete_claims = property(lambda self: f"{self.root}/finalise/complete.")
+    finalise_summary = property(lambda self: f"{self.root}/finalise/summary.json")
+    finalise_entries = property(lambda self: f"{self.root}/finalise/entries.bin")
+    finalise_leavers = property(lambda self: f"{self.root}/finalise/leavers.bin")
+
+    untag_prefix = property(lambda self: f"{self.root}/finalise/untag/")
+
+    def untag_chunk(self, i: int) -> str:
+        return f"{self.untag_prefix}{batch_label(i)}.json"
     rejected = property(lambda self: f"{self.root}/rejected.csv")
 
     def batch(self, n: int) -> str:

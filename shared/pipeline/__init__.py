@@ -7,30 +7,47 @@ and re-runs after a crash are safe. One module per stage; this package re-export
 """
 
 from shared.pipeline.context import Context, RunOptions, StartedRun
-from shared.pipeline.finalise import finalise
+from shared.pipeline.finalise import FinaliseBusy, finalise, record_untag_failure, untag_chunk
 from shared.pipeline.plan import _BatchWriter, _key_of, dry_run, plan
 from shared.pipeline.send import record_batch_failure, send_batch
-from shared.pipeline.start import fail_run, read_started, start_run
+from shared.pipeline.start import (
+    active_run,
+    beat,
+    fail_run,
+    is_interrupted,
+    is_superseded,
+    read_started,
+    start_run,
+    supersede_run,
+)
 from shared.pipeline.status import list_runs, run_status
 from shared.pipeline.verify import VerifyOutcome, _run_listing, verify
 
 __all__ = [
     "Context",
+    "FinaliseBusy",
     "RunOptions",
     "StartedRun",
     "VerifyOutcome",
     "_BatchWriter",
     "_key_of",
     "_run_listing",
+    "active_run",
+    "beat",
     "dry_run",
     "fail_run",
     "finalise",
+    "is_interrupted",
+    "is_superseded",
     "list_runs",
     "plan",
     "read_started",
     "record_batch_failure",
+    "record_untag_failure",
     "run_status",
     "send_batch",
     "start_run",
+    "supersede_run",
+    "untag_chunk",
     "verify",
 ]

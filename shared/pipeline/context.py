@@ -48,6 +48,15 @@ class RunOptions:
     full_resync: bool = False
     allow_mass_exit: bool = False
     trigger: str = "cli"
+    # Mark the export's unfinished run superseded (no untag, no state commit) and start this snapshot's run.
+    supersede: bool = False
+    # Start a new run of this snapshot even if one exists (finished or not); the CLI's --new-run.
+    new_run: bool = False
+
+    @property
+    def fresh(self) -> bool:
+        """Options that ask for a run beyond the snapshot's usual one (a forced run, a full resync...)."""
+        return self.force or self.full_resync or self.allow_mass_exit or self.new_run
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,11 @@ class StartedRun:
     created: bool  # False: this snapshot's run already existed
     finished: bool  # a report exists
     snapshot_id: str
+    # True when another unfinished run of the export blocks this start: ``run_id`` is that run (and
+    # ``snapshot_id`` its snapshot); the newest snapshot, which could not start, is ``wanted_snapshot``.
+    busy: bool = False
+    wanted_snapshot: str = ""
+    note: str = ""  # why this run was chosen (re-planned held run, retried failed run, superseded ...)
 
 
 def _now_iso(clock: Callable[[], float]) -> str:

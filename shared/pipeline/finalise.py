@@ -1,20 +1,40 @@
-"""Finalising: untag leavers, commit the new state, write the report and rejected.csv, exactly once."""
+"""Finalising: untag leavers, commit the new state, write the report and rejected.csv — surviving a crash at any line.
+
+Three steps, each done once and each redone safely by whoever takes it over (ARCHITECTURE §4 rule 8):
+
+    prepare   (claim finalise/claim.*)    count the results, find the leavers against the state, decide (held? an
+                                          older snapshot than the state's?), write the new state's members and
+                                          the leavers in chunks of ≤ 250, then summary.json (create-if-absent:
+                                          the commit point; a redo after it reuses this summary, never recomputes
+                                          against a state this run may already have replaced)
+    untag     (one chunk at a time)       DELETE /contacts/tags for the chunk, then its done marker; the CLI loops
+                                          over the chunks, the Functions app queues one message per chunk
+    complete  (claim finalise/complete.*) commit the state (unless a newer snapshot's run committed one), write
+                                          rejected.csv and report.json (create-if-absent), free the export
+
+Claims are leases that expire (shared/leases.py); nothing is released on an exception, so a holder that dies
+blocks the step only until its lease runs out. A crash between any two lines converges on redelivery: every
+write is either create-if-absent or rewrites the same bytes.
+"""
 
 from __future__ import annotations
 
 import json
 import zlib
 from array import array
+from dataclasses import dataclass, field
 from typing import Any
 
+from shared import leases
 from shared.contacts import email_key
 from shared.errors import RetryLater
 from shared.exports import ExportDefinition
 from shared.failures import failed_row_for_csv, failure_message
+from shared.omnisend.client import UNTAG_MAX_EMAILS
 from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
-from shared.pipeline.start import read_started
+from shared.pipeline.start import is_superseded, read_started, release_active
 from shared.runs import (
     RunPaths,
     check_accounting,
@@ -22,115 +42,248 @@ from shared.runs import (
     read_json,
     rejected_csv,
 )
-from shared.state import load_state, save_state
+from shared.state import StateMeta, decode_state, encode_state, load_state, load_state_meta, save_state
+
+# Leavers per untag step: the most one DELETE /contacts/tags takes, so a chunk is one request (plus retries) and
+# 135k leavers become 540 short steps instead of one invocation that cannot end within functionTimeout.
+UNTAG_CHUNK = UNTAG_MAX_EMAILS
+
+
+class FinaliseBusy(RetryLater):
+    """Another holder's claim on this step is live; ``retry_after`` says when it expires."""
+
+
+@dataclass
+class Counts:
+    """What the batch results add up to. One field per report bucket the results feed; add a bucket here, in
+    ``_count_results`` and in the report."""
+
+    sent: int = 0
+    requests: int = 0
+    failed_rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _count_results(ctx: Context, paths: RunPaths) -> Counts:
+    counts = Counts()
+    for obj in ctx.state_store.list(RUNS, paths.results_prefix):
+        result = json.loads(ctx.state_store.read(RUNS, obj.name))
+        counts.sent += result["sent"]
+        counts.requests += result["requests"]
+        counts.failed_rows.extend(result["failed"])
+    for obj in ctx.state_store.list(RUNS, f"{paths.root}/polls/"):
+        counts.requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
+    return counts
+
+
+def _entries_name(paths: RunPaths, generation: int) -> str:
+    return f"{paths.root}/finalise/g{generation}/entries.bin"
+
+
+def _chunk_name(paths: RunPaths, generation: int, i: int) -> str:
+    return f"{paths.root}/finalise/g{generation}/leavers-{i:05d}.bin"
+
 
 # ---------------------------------------------------------------------------------------------------- finalise
 
 
-def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, Any] | None:
-    """When every batch has a result: claim finalisation once, untag leavers, commit the new state and write
-    report.json + rejected.csv. Returns the report, or None while batches are still open."""
+def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: bool = False,
+             queue_chunks=None, requeue: bool = False) -> dict[str, Any] | None:
+    """When every batch has a result: prepare, untag, complete (see the module docstring). Returns the report, or
+    None while batches are still open, the run was superseded, or untag chunks are pending in the queue: the
+    Functions app passes ``queue_chunks`` (a callable taking the chunk numbers still to do), called once per run,
+    or again with ``requeue``; without it (the CLI) the chunks are untagged here, one after the other.
+    Raises FinaliseBusy while another holder's claim is live. ``take_over``: the caller knows no one else works on
+    the run (the CLI)."""
     paths = RunPaths(export.name, run_id)
     existing = read_json(ctx.state_store, RUNS, paths.report)
     if existing is not None:
+        release_active(ctx, export.name, run_id)  # the finaliser may have died right after writing the report
         return existing
+    if is_superseded(ctx, export.name, run_id):
+        return None  # superseded runs never untag nor commit the state
     manifest = read_json(ctx.state_store, RUNS, paths.manifest)
     if manifest is None:
         return None
-    results_list = list(ctx.state_store.list(RUNS, paths.results_prefix))
-    if len(results_list) < manifest["batches"]:
+    if manifest.get("guard"):  # the mapping guard stopped it at planning: no batch, no untag, no state change
+        report = _finalise_guarded(ctx, export, run_id, paths, manifest, read_started(ctx, export.name, run_id))
+        release_active(ctx, export.name, run_id)
+        return report
+    if sum(1 for _ in ctx.state_store.list(RUNS, paths.results_prefix)) < manifest["batches"]:
         return None
-    if not ctx.state_store.create(RUNS, paths.final, dumps({"claimedAt": _now_iso(ctx.clock)})):
-        return None  # another worker is finalising
-    try:
-        return _finalise_claimed(ctx, export, run_id, paths, manifest, results_list)
-    except BaseException:
-        # Give the claim back so a later call (the next verify message, a re-run) can finalise the run.
-        ctx.state_store.delete(RUNS, paths.final)
-        raise
+    summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)
+    if summary is None:
+        lease = _claim(ctx, paths.finalise_claims, take_over)
+        summary = _prepare(ctx, export, run_id, paths, manifest, lease.generation)
+    done = {obj.name for obj in ctx.state_store.list(RUNS, paths.untag_prefix)}
+    pending = [i for i in range(summary["chunks"]) if paths.untag_chunk(i) not in done]
+    if pending:
+        if queue_chunks is None:
+            for i in pending:
+                untag_chunk(ctx, export, run_id, i, give_up=True)
+        else:
+            # Queue the chunks once (a crash before the marker queues them twice: harmless, a chunk is done once);
+            # later calls (each finished chunk, other verify groups) only look. ``requeue``: a nudge after a
+            # holder died re-queues what is still pending.
+            queued = f"{paths.root}/finalise/chunks-queued.json"
+            if requeue or not ctx.state_store.exists(RUNS, queued):
+                queue_chunks(pending)
+                ctx.state_store.write(RUNS, queued, dumps({"chunks": len(pending), "at": _now_iso(ctx.clock)}))
+            return None
+    return _complete(ctx, export, run_id, paths, manifest, summary, take_over)
 
 
-def _finalise_claimed(
-    ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths, manifest: dict[str, Any], results_list: list
-) -> dict[str, Any]:
+def _claim(ctx: Context, prefix: str, take_over: bool) -> leases.Lease:
+    now = ctx.clock()
+    lease = leases.claim(ctx.state_store, RUNS, prefix, now, take_over=take_over)
+    if lease is None:
+        held = leases.current(ctx.state_store, RUNS, prefix)
+        wait = held.remaining(now) if held else 0.0
+        raise FinaliseBusy(f"another worker holds {prefix}* for {wait:.0f}s more", retry_after=wait)
+    return lease
+
+
+def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
+             manifest: dict[str, Any], generation: int) -> dict[str, Any]:
     started = read_started(ctx, export.name, run_id)
     options = RunOptions(**started["options"])
-    if manifest.get("guard"):
-        return _finalise_guarded(ctx, export, run_id, paths, manifest, started)
-
-    sent = 0
-    requests = 0
-    failed_rows: list[dict[str, Any]] = []
-    for obj in results_list:
-        result = json.loads(ctx.state_store.read(RUNS, obj.name))
-        sent += result["sent"]
-        requests += result["requests"]
-        failed_rows.extend(result["failed"])
-    for obj in ctx.state_store.list(RUNS, f"{paths.root}/polls/"):
-        requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
+    counts = _count_results(ctx, paths)
 
     # New membership state: unchanged contacts keep their fingerprint; sent ones get the new one; failed ones
-    # are left out so the next run retries them; leavers leave (unless their untag is held or failed).
+    # are left out so the next run retries them; leavers leave (unless their untag is held or fails).
     # Even after --full-resync the previous state still tells who left the segment.
-    full_previous = load_state(ctx.state_store, export.name)
+    previous = load_state(ctx.state_store, export.name)
+    stale = previous.meta.is_newer_than(started["snapshot"], started["startedAtEpoch"])
     planned = array("Q")
     planned.frombytes(zlib.decompress(ctx.state_store.read(RUNS, paths.planned_keys)))
     planned_set = set(planned)
     del planned
     changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
-    failed_emails = {row["email"] for row in failed_rows}
+    failed_emails = {row["email"] for row in counts.failed_rows}
     changed_emails = {email for email, _, _ in changes}
     entries: list[tuple[str, int]] = [(e, fp) for e, fp, _ in changes if e not in failed_emails]
-    leaver_emails: list[str] = []
-    for email, fp in zip(full_previous.emails, full_previous.fingerprints, strict=True):
-        key = email_key(email)
-        if key in planned_set:
+    leavers: list[tuple[str, int]] = []
+    for email, fp in zip(previous.emails, previous.fingerprints, strict=True):
+        if email_key(email) in planned_set:
             if email not in changed_emails:
                 entries.append((email, fp))
         else:
-            leaver_emails.append(email)
+            leavers.append((email, fp))
 
-    status = "failed" if failed_rows and sent == 0 and manifest["toSend"] > 0 else (
-        "partial" if failed_rows else "succeeded"
+    status = "failed" if counts.failed_rows and counts.sent == 0 and manifest["toSend"] > 0 else (
+        "partial" if counts.failed_rows else "succeeded"
     )
     message = ""
-    untagged = 0
-    keep_leavers = False
-    if leaver_emails and export.on_exit == "untag" and export.tags:
-        if _mass_exit_tripped(export, len(leaver_emails), len(full_previous), options.allow_mass_exit):
+    to_untag: list[tuple[str, int]] = []
+    if stale:
+        message = (
+            f"the membership state already describes the newer snapshot {previous.meta.snapshot} (run "
+            f"{previous.meta.run_id}): this run of the older snapshot {started['snapshot']} untagged nobody and "
+            "left the state as it is"
+        )
+        leavers = []
+    elif leavers and export.on_exit == "untag" and export.tags:
+        if _mass_exit_tripped(export, len(leavers), len(previous), options.allow_mass_exit):
             status = "held"
-            keep_leavers = True
+            entries.extend(leavers)
             message = (
-                f"{len(leaver_emails)} of {len(full_previous)} members left the segment, more than maxExitFraction "
+                f"{len(leavers)} of {len(previous)} members left the segment, more than maxExitFraction "
                 f"{export.max_exit_fraction:g}: the untag step was skipped in case the snapshot is truncated. "
                 f"If the segment really shrank, confirm with: python -m shared export {export.name} --allow-mass-exit "
                 f'(HTTP: {{"allowMassExit": true}})'
             )
         else:
-            before = ctx.client.thread_requests
-            try:
-                ctx.client.untag(leaver_emails, list(export.tags))
-                untagged = len(leaver_emails)
-            except UntagNotSupported:
-                message = (
-                    f"API v3 has no untag endpoint: {len(leaver_emails)} leavers keep the tag(s) "
-                    f"{', '.join(export.tags)} in Omnisend; they are counted as leavers only"
-                )
-            except RetryLater as exc:
-                keep_leavers = True
-                status = "partial"
-                message = f"untagging {len(leaver_emails)} leavers failed ({exc}); the next run tries again"
-            requests += ctx.client.thread_requests - before
-    if keep_leavers:
-        leaver_set = set(leaver_emails)
-        entries.extend((e, fp) for e, fp in zip(full_previous.emails, full_previous.fingerprints, strict=True)
-                       if e in leaver_set)
-    state_bytes = save_state(ctx.state_store, export.name, entries)
-    if failed_rows:  # a non-succeeded status always says its cause
-        message = " ".join(m for m in (message, failure_message(failed_rows, status)) if m)
+            to_untag = sorted(leavers)
+    chunks = -(-len(to_untag) // UNTAG_CHUNK)
+    for i in range(chunks):
+        ctx.state_store.write(RUNS, _chunk_name(paths, generation, i),
+                              encode_state(to_untag[i * UNTAG_CHUNK:(i + 1) * UNTAG_CHUNK]))
+    ctx.state_store.write(RUNS, _entries_name(paths, generation), encode_state(entries))
+    summary = {"generation": generation, "status": status, "message": message, "stale": stale,
+               "leavers": len(leavers), "chunks": chunks, "preparedAt": _now_iso(ctx.clock)}
+    if not ctx.state_store.create(RUNS, paths.finalise_summary, dumps(summary)):
+        summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)  # a slow twin prepared it first
+    log.info("finalise prepared export=%s runId=%s leavers=%d chunks=%d stale=%s", export.name, run_id,
+             summary["leavers"], summary["chunks"], summary["stale"])
+    return summary
+
+
+def untag_chunk(ctx: Context, export: ExportDefinition, run_id: str, i: int, *, give_up: bool) -> dict[str, Any]:
+    """Untag the leavers of chunk ``i`` once; returns its marker. A transient failure raises RetryLater unless
+    ``give_up``: then the chunk is recorded failed and its leavers stay in the state, so the next run retries them.
+    Two workers untagging the same chunk at once are harmless: removing a tag twice leaves it removed."""
+    paths = RunPaths(export.name, run_id)
+    marker = read_json(ctx.state_store, RUNS, paths.untag_chunk(i))
+    if marker is not None:
+        return marker
+    summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)
+    leavers = decode_state(ctx.state_store.read(RUNS, _chunk_name(paths, summary["generation"], i)), "leavers")
+    before = ctx.client.thread_requests
+    try:
+        ctx.client.untag(leavers.emails, list(export.tags))
+        marker = {"untagged": len(leavers)}
+    except UntagNotSupported:
+        marker = {"unsupported": len(leavers)}
+    except RetryLater as exc:
+        if not give_up:
+            raise
+        marker = {"failed": len(leavers), "message": str(exc)}
+    marker["requests"] = ctx.client.thread_requests - before
+    if not ctx.state_store.create(RUNS, paths.untag_chunk(i), dumps(marker)):
+        marker = read_json(ctx.state_store, RUNS, paths.untag_chunk(i))
+    return marker
+
+
+def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths, manifest: dict[str, Any],
+              summary: dict[str, Any], take_over: bool) -> dict[str, Any]:
+    _claim(ctx, paths.complete_claims, take_over)
+    existing = read_json(ctx.state_store, RUNS, paths.report)
+    if existing is not None:
+        release_active(ctx, export.name, run_id)
+        return existing
+    started = read_started(ctx, export.name, run_id)
+    options = RunOptions(**started["options"])
+    counts = _count_results(ctx, paths)
+    generation = summary["generation"]
+    entries_state = decode_state(ctx.state_store.read(RUNS, _entries_name(paths, generation)), "entries")
+    entries = list(zip(entries_state.emails, entries_state.fingerprints, strict=True))
+    del entries_state
+
+    status, message = summary["status"], summary["message"]
+    untagged = untag_failed = unsupported = 0
+    requests = counts.requests
+    for i in range(summary["chunks"]):
+        marker = json.loads(ctx.state_store.read(RUNS, paths.untag_chunk(i)))
+        requests += marker.get("requests", 0)
+        untagged += marker.get("untagged", 0)
+        unsupported += marker.get("unsupported", 0)
+        if marker.get("failed"):
+            untag_failed += marker["failed"]
+            kept = decode_state(ctx.state_store.read(RUNS, _chunk_name(paths, generation, i)), "leavers")
+            entries.extend(zip(kept.emails, kept.fingerprints, strict=True))
+    if untag_failed:
+        status = "partial" if status == "succeeded" else status
+        message = f"untagging {untag_failed} of {summary['leavers']} leavers failed; the next run tries again"
+    elif unsupported:
+        message = (f"API v3 has no untag endpoint: {unsupported} leavers keep the tag(s) {', '.join(export.tags)} "
+                   "in Omnisend; they are counted as leavers only")
+
+    state_bytes = 0
+    committed = False
+    if not summary["stale"]:
+        meta = StateMeta(started["snapshot"], run_id, started["startedAtEpoch"])
+        newer = load_state_meta(ctx.state_store, export.name)
+        if newer.is_newer_than(meta.snapshot, meta.started_at):
+            message = (f"the membership state was committed meanwhile by run {newer.run_id} of the newer snapshot "
+                       f"{newer.snapshot}: this run left it as it is")
+        else:
+            state_bytes = save_state(ctx.state_store, export.name, entries, meta)
+            committed = True
+
+    if counts.failed_rows:  # a non-succeeded status always says its cause
+        message = " ".join(m for m in (message, failure_message(counts.failed_rows, status)) if m)
 
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
-    failed_csv = rejected_csv([failed_row_for_csv(row) for row in failed_rows]).decode("utf-8")
+    failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]).decode("utf-8")
     body = plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])
     ctx.state_store.write(RUNS, paths.rejected, body.encode("utf-8"))
 
@@ -147,13 +300,14 @@ def _finalise_claimed(
         "rejected": manifest["rejected"],
         "duplicates": manifest["duplicates"],
         "unchanged": manifest["unchanged"],
-        "sent": sent,
-        "failed": len(failed_rows),
-        "leavers": len(leaver_emails),
+        "sent": counts.sent,
+        "failed": len(counts.failed_rows),
+        "leavers": summary["leavers"],
         "untagged": untagged,
         "batches": manifest["batches"],
         "requests": requests,
         "droppedFields": manifest["droppedFields"],
+        "stateCommitted": committed,
         "stateMembers": len(entries),
         "stateBytes": state_bytes,
         "startedAt": started["startedAt"],
@@ -163,12 +317,14 @@ def _finalise_claimed(
         "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
     }
     check_accounting(report)
-    ctx.state_store.write(RUNS, paths.report, dumps(report))
+    if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
+        report = read_json(ctx.state_store, RUNS, paths.report)
+    release_active(ctx, export.name, run_id)
     log.info(
         "finalise export=%s runId=%s status=%s rows=%d sent=%d failed=%d rejected=%d duplicates=%d unchanged=%d "
-        "leavers=%d untagged=%d requests=%d",
-        export.name, run_id, status, report["rows"], sent, len(failed_rows), report["rejected"],
-        report["duplicates"], report["unchanged"], len(leaver_emails), untagged, requests,
+        "leavers=%d untagged=%d requests=%d committed=%s",
+        export.name, run_id, status, report["rows"], report["sent"], report["failed"], report["rejected"],
+        report["duplicates"], report["unchanged"], report["leavers"], untagged, requests, committed,
     )
     return report
 
@@ -192,6 +348,16 @@ def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths
         "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
     }
     check_accounting(report)
-    ctx.state_store.write(RUNS, paths.report, dumps(report))
+    if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
+        return read_json(ctx.state_store, RUNS, paths.report)
     log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
     return report
+
+
+def record_untag_failure(ctx: Context, export: str, run_id: str, i: int, reason: str) -> None:
+    """Chunk ``i`` cannot be untagged (its message went to poison): its leavers stay in the state."""
+    paths = RunPaths(export, run_id)
+    summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)
+    leavers = decode_state(ctx.state_store.read(RUNS, _chunk_name(paths, summary["generation"], i)), "leavers")
+    ctx.state_store.create(RUNS, paths.untag_chunk(i), dumps({"failed": len(leavers), "message": reason,
+                                                              "requests": 0}))

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from shared.pipeline.context import RUNS, Context
+from shared.pipeline.start import is_interrupted
 from shared.pipeline.verify import _run_listing
 from shared.runs import (
     RunPaths,
@@ -13,6 +14,9 @@ from shared.runs import (
 )
 
 # ---------------------------------------------------------------------------------------------------- status
+
+# What `runs` and the status show for a CLI run whose process died (stale or farewell heartbeat, no report).
+INTERRUPTED = "interrupted (resumable)"
 
 
 def run_status(ctx: Context, export: str, run_id: str) -> dict[str, Any] | None:
@@ -24,12 +28,22 @@ def run_status(ctx: Context, export: str, run_id: str) -> dict[str, Any] | None:
     report = read_json(ctx.state_store, RUNS, paths.report)
     if report is not None:
         return {"runId": run_id, "export": export, "stage": "finished", "status": report["status"], "report": report}
+    superseded = read_json(ctx.state_store, RUNS, paths.superseded)
+    if superseded is not None:
+        return {**superseded, "export": export, "stage": "finished", "status": "superseded",
+                "message": f"replaced by a run of snapshot {superseded['bySnapshot']}: no untag, no state commit"}
     failure = read_json(ctx.state_store, RUNS, paths.failure)
     if failure is not None:
         return {**failure, "stage": "stopped", "hint": "fix the cause, then start the run again to resume it"}
+    if is_interrupted(ctx, export, run_id, started):
+        return {"runId": run_id, "export": export, "stage": "interrupted", "status": INTERRUPTED,
+                "startedAt": started["startedAt"],
+                "hint": "its process stopped; run the same command again to resume it"}
     manifest = read_json(ctx.state_store, RUNS, paths.manifest)
     if manifest is None:
         return {"runId": run_id, "export": export, "stage": "planning", "startedAt": started["startedAt"]}
+    if ctx.state_store.exists(RUNS, paths.finalise_summary):
+        return {"runId": run_id, "export": export, "stage": "finalising", "startedAt": started["startedAt"]}
     done, attempts = _run_listing(ctx, paths)
     total = manifest["batches"]
     remaining = total - len(done)
@@ -57,12 +71,21 @@ def list_runs(ctx: Context, export: str) -> list[dict[str, Any]]:
             paths = RunPaths(export, started["runId"])
             report = read_json(ctx.state_store, RUNS, paths.report)
             failure = None if report else read_json(ctx.state_store, RUNS, paths.failure)
-            stopped = failure is not None
+            if report is not None:
+                status = report["status"]
+            elif ctx.state_store.exists(RUNS, paths.superseded):
+                status = "superseded"
+            elif failure is not None:
+                status = "failed"
+            elif is_interrupted(ctx, export, started["runId"], started):
+                status = INTERRUPTED
+            else:
+                status = "running"
             runs.append({
                 "runId": started["runId"],
                 "snapshot": started["snapshot"],
                 "startedAt": started["startedAt"],
-                "status": report["status"] if report else "failed" if stopped else "running",
+                "status": status,
                 "sent": report.get("sent") if report else None,
                 "failed": report.get("failed") if report else None,
                 "message": (report or failure or {}).get("message", ""),

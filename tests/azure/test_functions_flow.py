@@ -22,11 +22,13 @@ from devtools import sample_data
 from devtools.omnisend_sim import SimConfig, Simulator
 from shared import names
 from shared.app import build_orchestrator
+from shared.leases import FINALISE_LEASE_SECONDS
 from shared.orchestrator import HOST_MAX_DEQUEUE_COUNT
 from shared.queues import StageMessage, StageQueues
 from shared.runs import RunPaths
 from shared.secrets import StaticKeyProvider
 from shared.settings import Settings
+from shared.state import load_state
 from tests.azure.host_standin import HostStandIn
 
 pytestmark = pytest.mark.azurite
@@ -69,7 +71,7 @@ def host(azurite):
 
 class Flow:
     def __init__(self, tmp_path: Path, sim: Simulator, azurite: str, host: HostStandIn,
-                 duplicate: bool = False, key_provider=None, base_url: str | None = None,
+                 duplicate: bool = False, key_provider=None, base_url: str | None = None, clock=None,
                  **orchestrator_options) -> None:
         self.sim = sim
         self.host = host
@@ -99,7 +101,7 @@ class Flow:
         queues = StageQueues.from_connection_string(azurite)
         function_app._orchestrator = build_orchestrator(
             settings, queues=DuplicatingQueues(queues) if duplicate else queues,
-            key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,),
+            key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,), clock=clock,
             **orchestrator_options)
 
     def _ensure(self, container: str) -> None:
@@ -248,7 +250,8 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
     functions = json.loads(done.stdout)
     assert set(functions) == {
         "export_timer", "start_export_run", "get_export_run", "list_exports",
-        "plan_stage", "send_stage", "verify_stage", "plan_poison", "send_poison", "verify_poison",
+        "plan_stage", "send_stage", "verify_stage", "finalise_stage",
+        "plan_poison", "send_poison", "verify_poison", "finalise_poison",
     }
     queue_names = {b["queueName"] for fn in functions.values() for b in fn if b["type"] == "queueTrigger"}
     assert queue_names == set(ALL_QUEUES)
@@ -366,3 +369,198 @@ def test_an_unreachable_omnisend_stops_the_run_at_the_plan_stage(tmp_path, omnis
         assert not [i for i in result.invocations if i.queue == names.SEND_QUEUE]
     finally:
         function_app._orchestrator = None
+
+
+# ------------------------------------------------------------------------------------------------ run life cycle
+
+SECOND_SNAPSHOT = "2026/11/29/0205"
+
+
+class FakeClock:
+    """The orchestrator's clock (lease expiries, run start times), moved by the test instead of waited for."""
+
+    def __init__(self, now: float = 1_764_500_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CrashingStore:
+    """The app's Blob store, except that the first write or create of a name containing ``at`` fails as if the
+    instance died there; by the time the host redelivers the message, the dead holder's claims have expired
+    (the clock moves past FINALISE_LEASE_SECONDS)."""
+
+    def __init__(self, inner, at: str, clock: FakeClock, lease_expires: bool = True) -> None:
+        self.inner, self.at, self.clock, self.crashed = inner, at, clock, False
+        self.lease_expires = lease_expires
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def _maybe_crash(self, name: str) -> None:
+        if self.at in name and not self.crashed:
+            self.crashed = True
+            if self.lease_expires:
+                self.clock.now += FINALISE_LEASE_SECONDS + 1
+            raise RuntimeError(f"instance died writing {name}")
+
+    def write(self, container, name, data):
+        self._maybe_crash(name)
+        self.inner.write(container, name, data)
+
+    def create(self, container, name, data):
+        self._maybe_crash(name)
+        return self.inner.create(container, name, data)
+
+
+@pytest.fixture
+def timed_flow(tmp_path, omnisend, azurite, host):
+    omnisend.reset()
+    clock = FakeClock()
+    flow = Flow(tmp_path, omnisend, azurite, host, clock=clock)
+    flow.clock = clock
+    yield flow
+    function_app._orchestrator = None
+
+
+def tagged(sim) -> set[str]:
+    return {email for email, c in sim.contacts().items() if "ci-vip" in c["tags"]}
+
+
+def runs_of(flow) -> list[dict]:
+    listing = json.loads(flow.host.http("GET", "/api/exports").get_body())
+    [mine] = [e for e in listing["exports"] if e["name"] == flow.export]
+    return mine["lastRuns"]
+
+
+def state_of(flow):
+    return load_state(function_app._orchestrator.ctx.state_store, flow.export)
+
+
+def test_the_finalise_lease_outlives_the_function_timeout():
+    timeout = json.loads((REPO / "host.json").read_text())["functionTimeout"]
+    hours, minutes, seconds = (int(part) for part in timeout.split(":"))
+    assert hours * 3600 + minutes * 60 + seconds < FINALISE_LEASE_SECONDS
+
+
+def test_forced_starts_straddling_a_second_are_one_run(timed_flow):
+    flow = timed_flow
+    flow.clock.now = 1_764_500_000.9
+    first = flow.start(body={"force": True})
+    flow.clock.now = 1_764_500_001.2
+    second = flow.start(body={"force": True})
+    body = json.loads(second.get_body())
+    assert first.status_code == 202 and second.status_code == 409
+    assert body["runId"] == json.loads(first.get_body())["runId"]
+    assert body["statusUrl"].endswith(f"/runs/{body['runId']}")
+    flow.run_to_end()
+    assert [r["status"] for r in runs_of(flow)] == ["succeeded"]
+
+
+def test_a_timer_fire_during_a_forced_run_starts_no_second_run(flow):
+    run_id = json.loads(flow.start(body={"force": True, "fullResync": True}).get_body())["runId"]
+    flow.host.timer("export_timer")
+    assert flow.queue_length(names.PLAN_QUEUE) == 1
+    flow.run_to_end()
+    assert [r["runId"] for r in runs_of(flow)] == [run_id]
+    assert flow.posts() == 10
+
+
+def test_an_older_full_resync_and_a_newer_snapshot_with_a_timer_fire_never_untag_a_current_member(
+        tmp_path, timed_flow):
+    flow = timed_flow
+    flow.start()
+    flow.run_to_end()
+    older = json.loads(flow.start(body={"fullResync": True}).get_body())["runId"]
+    flow.host.pump(until_idle=False, max_seconds=0.5)  # the full resync is under way...
+    flow.clock.now += 3600
+    flow.upload_segment(tmp_path, 1_000, run=SECOND_SNAPSHOT, drop_fraction=0.1)  # ...when B lands
+    flow.host.timer("export_timer")
+    assert len(runs_of(flow)) == 2 and flow.queue_length(names.PLAN_QUEUE) <= 1  # it started nothing beside it
+    flow.run_to_end()
+    flow.clock.now += 3600
+    flow.host.timer("export_timer")  # the next fire starts B's run
+    flow.run_to_end()
+    runs = runs_of(flow)
+    assert [r["status"] for r in runs] == ["succeeded"] * 3 and runs[1]["runId"] == older
+    newer = flow.status(runs[0]["runId"])["report"]
+    state = state_of(flow)
+    assert state.meta.run_id == newer["runId"] and len(state) == 1_000 - newer["leavers"]
+    assert newer["untagged"] == newer["leavers"] > 0
+    assert tagged(flow.sim) == set(state.emails)  # no current member untagged, every leaver untagged
+
+
+@pytest.mark.parametrize("at", ["/finalise/claim.", "/finalise/summary.json", "/rejected.csv"],
+                         ids=["entering-finalise", "after-the-claim", "after-the-state-commit"])
+def test_a_crash_in_finalise_finishes_the_run_on_redelivery(tmp_path, timed_flow, at):
+    flow = timed_flow
+    flow.start()
+    flow.run_to_end()
+    flow.upload_segment(tmp_path, 1_000, run=SECOND_SNAPSHOT, drop_fraction=0.15)
+    flow.clock.now += 3600
+    orchestrator = function_app._orchestrator
+    orchestrator.ctx.state_store = CrashingStore(orchestrator.ctx.state_store, at, flow.clock)
+    run_id = json.loads(flow.start().get_body())["runId"]
+    result = flow.run_to_end()
+    assert orchestrator.ctx.state_store.crashed and "failed" in result.outcomes()
+    report = flow.status(run_id)["report"]
+    state = state_of(flow)
+    assert report["status"] == "succeeded" and report["stateCommitted"]
+    assert report["untagged"] == report["leavers"] > 100 and state.meta.run_id == run_id
+    assert tagged(flow.sim) == set(state.emails) and len(state) == 1_000 - report["leavers"]
+    assert report["rows"] == report["sent"] + report["failed"] + report["rejected"] + report["duplicates"] + report[
+        "unchanged"]
+
+
+def test_a_forced_start_while_a_run_is_active_is_409_and_supersede_replaces_it(tmp_path, flow):
+    older = json.loads(flow.start().get_body())["runId"]
+    flow.host.pump(until_idle=False, max_seconds=0.5)
+    flow.upload_segment(tmp_path, 800, run=SECOND_SNAPSHOT)
+    busy = flow.start()
+    assert busy.status_code == 409 and json.loads(busy.get_body())["runId"] == older
+    newer = flow.start(body={"supersede": True})
+    newer_id = json.loads(newer.get_body())["runId"]
+    assert newer.status_code == 202 and newer_id != older
+    flow.run_to_end()
+    statuses = {r["runId"]: r["status"] for r in runs_of(flow)}
+    assert statuses == {older: "superseded", newer_id: "succeeded"}
+    state = state_of(flow)
+    assert state.meta.run_id == newer_id and len(state) == 800
+
+
+def test_a_finalisation_whose_holder_died_is_finished_by_the_next_timer_fire(tmp_path, timed_flow):
+    flow = timed_flow
+    orchestrator = function_app._orchestrator
+    orchestrator.ctx.state_store = CrashingStore(orchestrator.ctx.state_store, "/finalise/summary.json", flow.clock,
+                                                 lease_expires=False)
+    run_id = json.loads(flow.start().get_body())["runId"]
+    # The redelivered message finds the dead holder's claim live: a re-check is queued for when it expires.
+    flow.host.pump(until_idle=True, max_seconds=30)
+    assert orchestrator.ctx.state_store.crashed and flow.status(run_id)["stage"] != "finished"
+    assert flow.queue_length(names.FINALISE_QUEUE) == 1
+    flow.clock.now += FINALISE_LEASE_SECONDS + 1
+    flow.host.timer("export_timer")  # the next fire sees every result, no report and no live claim
+    flow.host.pump(until_idle=True, max_seconds=30)
+    report = flow.status(run_id)["report"]
+    assert report["status"] == "succeeded" and report["sent"] == len(flow.sim.contacts()) == 1_000
+    flow.queue_service.get_queue_client(names.FINALISE_QUEUE).clear_messages()  # the delayed re-check
+
+
+def test_untagging_runs_in_queued_chunks_each_done_once(tmp_path, timed_flow):
+    flow = timed_flow
+    flow.upload_segment(tmp_path, 2_000, run=SECOND_SNAPSHOT)
+    flow.start()
+    flow.run_to_end()
+    flow.upload_segment(tmp_path, 2_000, run="2026/11/30/0205", drop_fraction=0.15)
+    flow.clock.now += 3600
+    run_id = json.loads(flow.start().get_body())["runId"]
+    deletes_before = flow.sim.state()["stats"]["requests_by_route"].get("DELETE /api/contacts/tags", 0)
+    result = flow.run_to_end()
+    report = flow.status(run_id)["report"]
+    chunks = -(-report["leavers"] // 250)
+    deletes = flow.sim.state()["stats"]["requests_by_route"].get("DELETE /api/contacts/tags", 0) - deletes_before
+    assert chunks >= 2 and report["untagged"] == report["leavers"]
+    assert deletes == chunks
+    assert len([i for i in result.invocations if i.queue == names.FINALISE_QUEUE]) == chunks
+    assert tagged(flow.sim) == set(state_of(flow).emails)

@@ -60,3 +60,40 @@ def test_a_state_from_the_old_location_is_read_then_moved_on_save(tmp_path):
     assert not store.exists(names.RUNS_CONTAINER, "vip/state/members.bin")
     assert store.exists(names.STATE_CONTAINER, state_name("vip"))
     assert load_state(store, "vip").fingerprints.tolist() == [8]
+
+
+def test_the_state_records_the_snapshot_it_describes():
+    from shared.state import StateMeta
+
+    meta = StateMeta(snapshot="VipCustomers/2026/11/28/0205", run_id="r-abc", started_at=1_700_000_000.5)
+    state = decode_state(encode_state([("a@example.com", 1)], meta), "test")
+    assert state.meta == meta and state.fingerprints.tolist() == [1]
+
+
+def test_a_version_1_state_file_still_loads_with_no_snapshot_recorded():
+    import struct
+    import zlib
+
+    body = struct.pack("<I", 1) + struct.pack("<Q", 5) + b"old@example.com"
+    state = decode_state(b"CIOSTATE1\n" + zlib.compress(body), "members.bin")
+    assert state.emails == ["old@example.com"] and state.fingerprints.tolist() == [5]
+    assert state.meta.snapshot == "" and not state.meta.is_newer_than("any", 0.0)
+
+
+def test_a_state_committed_by_a_later_run_of_another_snapshot_is_newer():
+    from shared.state import StateMeta
+
+    committed = StateMeta(snapshot="B", run_id="r-b", started_at=200.0)
+    assert committed.is_newer_than("A", started_at=100.0)
+    assert not committed.is_newer_than("B", started_at=100.0)  # same snapshot: a forced re-run may replace it
+    assert not committed.is_newer_than("C", started_at=300.0)  # a run started later describes a newer snapshot
+
+
+def test_the_metadata_is_read_without_the_members(tmp_path):
+    from shared.state import StateMeta, load_state_meta, save_state
+    from shared.storage import LocalObjectStore
+
+    store = LocalObjectStore(tmp_path)
+    assert load_state_meta(store, "vip") == StateMeta()
+    save_state(store, "vip", [("a@example.com", 1)], StateMeta("B", "r-b", 2.0))
+    assert load_state_meta(store, "vip") == StateMeta("B", "r-b", 2.0)
