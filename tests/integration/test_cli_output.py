@@ -127,13 +127,14 @@ def test_a_contact_omnisend_refused_says_so_in_rejected_csv(root):
 
 
 def test_report_formats_a_run_that_is_still_sending(root):
-    from shared.pipeline import RunOptions, plan, start_run
+    from shared.pipeline import RunOptions, beat, plan, start_run
     from tests.integration.exporting import load_export, make_context
 
     ctx = make_context(root, "http://127.0.0.1:9")
     export_def = load_export(name="vip-customers")
     started = start_run(ctx, export_def, RunOptions())
     plan(ctx, export_def, started.run_id)  # planned, nothing sent yet
+    beat(ctx, "vip-customers", started.run_id)  # its runner (this live process) is at work on it
     result = run_cli("report", "vip-customers", root=root)
     assert result.returncode == 0
     assert "status: SENDING since " in result.stdout and "(not finished)" in result.stdout

@@ -23,7 +23,8 @@ def test_email_mapped_to_a_numeric_column_sends_nothing_and_fails(tmp_path, sim)
     ctx = make_context(tmp_path, sim.base_url)
     report = export(ctx, load_export(mapping=WRONG_EMAIL_COLUMN))
     assert report["status"] == "failed"
-    assert sim.stats()["write_requests"] == 0 and sim.stats()["requests_total"] == 0
+    # Only the preflight read that proved the key before planning; no write of any kind.
+    assert sim.stats()["write_requests"] == 0 and sim.stats()["requests_total"] == 1
     assert report["valid"] == 0 and report["rejected"] == 300
     assert_accounting(report)
 
