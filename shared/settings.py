@@ -39,6 +39,7 @@ ENV_NAMES = (
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
     "OMNISEND_PACING_INSTANCES",
+    "RUN_RETENTION_DAYS",
 )
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
 # storage is identity-based, the base URL is Omnisend's).
@@ -52,6 +53,10 @@ HOST_SETTINGS = (
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 )
 DEFAULT_EXPORT_SCHEDULE = "0 5 * * * *"  # NCRONTAB, UTC: hourly at minute 5.
+# Run artifacts hold personal data (batch payloads, rejected.csv): kept long enough to investigate a run, then gone.
+# infra/main.bicep's lifecycle rule deletes the runs container's blobs after the same number of days.
+DEFAULT_RUN_RETENTION_DAYS = 30
+RUN_RETENTION_DAYS_RANGE = (1, 3650)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Settings:
     # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
     # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
     omnisend_pacing_instances: int = 1
+    run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
 
     @property
     def requests_per_minute_per_instance(self) -> float:
@@ -113,6 +119,10 @@ class Settings:
 
         rpm = positive_int("OMNISEND_REQUESTS_PER_MINUTE", DEFAULT_REQUESTS_PER_MINUTE)
         instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
+        retention = positive_int("RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS)
+        low, high = RUN_RETENTION_DAYS_RANGE
+        if not low <= retention <= high:
+            problems.append(f"RUN_RETENTION_DAYS={retention}: use a number of days from {low} to {high}")
 
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
@@ -148,6 +158,7 @@ class Settings:
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
             omnisend_pacing_instances=instances,
+            run_retention_days=retention,
         )
 
 
