@@ -24,6 +24,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from shared.omnisend.problems import mask_emails
+
 LOGGER_NAME = "exporter.events"
 log = logging.getLogger(LOGGER_NAME)
 
@@ -66,20 +68,19 @@ def parse_event(message: str) -> tuple[str, dict[str, Any]]:
     return name, json.loads(body)
 
 
-def _emit(name: str, fields: dict[str, Any], level: int = logging.INFO) -> dict[str, Any]:
-    log.log(level, format_event(name, fields), extra={"event": name, **{f"event_{k}": v for k, v in fields.items()}})
+def _emit(name: str, fields: dict[str, Any]) -> dict[str, Any]:
+    log.info(format_event(name, fields), extra={"event": name, **{f"event_{k}": v for k, v in fields.items()}})
     return fields
 
 
 def run_finished(report: Mapping[str, Any]) -> dict[str, Any]:
     """Emit ``RunFinished`` for a run's report (or the failure record of a stopped run). Returns the fields."""
     fields = {key: report.get(key) for key in RUN_FINISHED_FIELDS}
-    if isinstance(fields["message"], str):
-        fields["message"] = fields["message"][:MAX_MESSAGE_CHARS]
-    status = fields["status"]
-    # A run that needs someone is logged as a warning so it also stands out in plain log views.
-    level = logging.INFO if status == "succeeded" else logging.WARNING
-    return _emit(RUN_FINISHED, fields, level)
+    if isinstance(fields["message"], str):  # a failure's message may quote Omnisend, which may quote an address
+        fields["message"] = mask_emails(fields["message"])[:MAX_MESSAGE_CHARS]
+    # INFO whatever the status: the host forwards INFO from functions, and the CLI (WARNING and up on stderr) keeps
+    # its own report output instead of a JSON line.
+    return _emit(RUN_FINISHED, fields)
 
 
 def timer_fired(enabled_exports: Iterable[str], started: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import zlib
 from array import array
 from typing import Any
 
+from shared import events
 from shared.contacts import email_key
 from shared.errors import RetryLater
 from shared.exports import ExportDefinition
@@ -160,6 +161,7 @@ def _finalise_claimed(
     }
     check_accounting(report)
     ctx.state_store.write(RUNS, paths.report, dumps(report))
+    events.run_finished(report)  # one structured event per finished run: the alerts read it
     log.info(
         "finalise export=%s runId=%s status=%s rows=%d sent=%d failed=%d rejected=%d duplicates=%d unchanged=%d "
         "leavers=%d untagged=%d requests=%d",

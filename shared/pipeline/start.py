@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from shared import events
 from shared.errors import FailRun
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.pipeline.context import RUNS, Context, RunOptions, StartedRun, _now_iso, _snapshot_to_json, log
@@ -62,6 +63,7 @@ def fail_run(ctx: Context, export: str, run_id: str, error: Exception) -> dict[s
     failure = {"runId": run_id, "export": export, "status": "failed", "message": str(error),
                "error": type(error).__name__, "failedAt": _now_iso(ctx.clock)}
     ctx.state_store.write(RUNS, paths.failure, dumps(failure))
+    events.run_finished(failure)  # a stopped run needs someone too: the alerts read it
     return failure
 
 
