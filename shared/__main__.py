@@ -84,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--no-snapshots", action="store_true", help="do not look for the snapshots")
 
+    p = sub.add_parser("health", help="check storage, queues, export definitions, the key and Omnisend",
+                       description="The same checks as GET /api/health: each ok or ERROR with a reason. "
+                       "Exit 0 when all pass, 3 otherwise.")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
     p = sub.add_parser("runs", help="list an export's runs, newest first")
     p.add_argument("name")
     common(p)
@@ -248,6 +253,14 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_SNAPSHOT if problems else EXIT_OK
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from shared.health import format_text, run_from_settings
+
+    report = run_from_settings()
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else format_text(report))
+    return EXIT_OK if report.ok else EXIT_RUN_FAILED
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.app import build_context
 
@@ -297,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
-                "report": _cmd_report}
+                "report": _cmd_report,
+                "health": _cmd_health}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
