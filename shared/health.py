@@ -262,12 +262,13 @@ def run_from_settings(settings: Settings | None = None) -> HealthReport:
     if settings.uses_azure_storage:
         from shared.queues import StageQueues
 
-        queue_exists = _queue_exists(StageQueues.from_settings(settings))
+        queue_exists = queue_checker(StageQueues.from_settings(settings))
     return run_checks(settings, store=store, load_exports=lambda: load_export_definitions(settings, store),
                       make_key_provider=lambda: make_key_provider(settings), queue_exists=queue_exists)
 
 
-def _queue_exists(queues: Any) -> Callable[[str], bool]:
+def queue_checker(queues: Any) -> Callable[[str], bool]:
+    """``queue_exists`` for run_checks over StageQueues: asks the queue service for each queue's properties."""
     from azure.core.exceptions import ResourceNotFoundError
 
     def exists(name: str) -> bool:

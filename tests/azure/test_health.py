@@ -77,11 +77,13 @@ class Deployment:
             self.queue_service.create_queue(queue)
         self.timer_blob = f"_app/{self.id}/timer.json"
         self.now = time.time()
+        self.api_version = "2026-03-15"
 
     def settings(self) -> Settings:
         return Settings(storage_connection_string=self.azurite, omnisend_base_url=self.omnisend_url,
                         exports_config=f"blob:{names.CONFIG_CONTAINER}/{self.config_blob}",
-                        key_vault_url=self.vault.url, omnisend_api_key_secret_name=SECRET)
+                        key_vault_url=self.vault.url, omnisend_api_key_secret_name=SECRET,
+                        omnisend_api_version=self.api_version)
 
     def check(self, store: BlobObjectStore | None = None) -> health.HealthReport:
         settings = self.settings()
@@ -91,7 +93,7 @@ class Deployment:
             load_exports=lambda: load_export_definitions(settings, store),
             make_key_provider=lambda: KeyVaultKeyProvider(self.vault.url, SECRET, credential=StaticToken(),
                                                           client_kwargs=self.vault.client_kwargs()),
-            queue_exists=health._queue_exists(StageQueues.from_connection_string(self.azurite)),
+            queue_exists=health.queue_checker(StageQueues.from_connection_string(self.azurite)),
             queue_names=self.queue_names, clock=lambda: self.now, timer_blob=self.timer_blob)
 
     def timer_fired_hours_ago(self, hours: float) -> None:
@@ -144,6 +146,13 @@ def test_omnisend_is_asked_once_within_the_cache_time(deployment):
     for _ in range(3):
         assert deployment.check().check("omnisend").ok
     assert deployment.sim.state()["stats"]["requests_by_route"] == {"GET /api/batches": 1}
+
+
+def test_omnisend_v3_is_asked_the_same_read_only_question(deployment):
+    deployment.api_version = "v3"
+    omnisend = deployment.check().check("omnisend")
+    assert omnisend.ok and omnisend.reason.endswith("API v3 accepts the key")
+    assert deployment.sim.state()["stats"]["requests_by_route"] == {"GET /v3/batches": 1}
 
 
 def test_a_timer_that_never_fired_is_not_an_error(deployment):
