@@ -48,7 +48,11 @@ def _message(msg: func.QueueMessage):
 @app.timer_trigger(schedule="%EXPORT_SCHEDULE%", arg_name="timer", run_on_startup=False)
 def export_timer(timer: func.TimerRequest) -> None:
     """Start a run for every export whose newest snapshot has not been exported (schedule: EXPORT_SCHEDULE)."""
-    started = orchestrator().on_timer()
+    from shared.health import timer_fired
+
+    orch = orchestrator()
+    started = orch.on_timer()
+    timer_fired(orch.ctx.state_store, orch.load_exports(), started, orch.ctx.clock)  # for /api/health and alerts
     log.info("timer pastDue=%s started=%s", timer.past_due, started)
 
 
@@ -92,6 +96,15 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
 def list_exports(req: func.HttpRequest) -> func.HttpResponse:
     """The configured exports and their last runs."""
     return _json(200, {"exports": orchestrator().overview()})
+
+
+@app.route(route="health", methods=["GET"])
+def health_check(req: func.HttpRequest) -> func.HttpResponse:
+    """Can this deployment run an export? Each check ok/error with a reason; 200 if all pass, else 503."""
+    from shared.health import run_from_settings
+
+    report = run_from_settings()
+    return _json(report.http_status, report.to_dict())
 
 
 # ------------------------------------------------------------------------------------------------ stages

@@ -26,8 +26,32 @@ param principalId string = ''
   'ServicePrincipal'
   'Group'
 ])
-@description('Kind of principal that principalId names.')
+@description('Kind of principal that principalId names. azd passes AZURE_PRINCIPAL_TYPE (default User); a pipeline signed in as a service principal must `azd env set AZURE_PRINCIPAL_TYPE ServicePrincipal`, or its role assignments fail with UnmatchedPrincipalType.')
 param principalType string = 'User'
+
+@description('Optional: object id of the Customer Insights service principal in this tenant (`az ad sp show --id 0bfc4568-a4ba-4c58-bd3e-5d3e76bd7fff --query id -o tsv`). When set and the export container is in the app account, it gets Storage Blob Data Contributor on that container and Storage Blob Delegator on the account, so Customer Insights can export into it. Empty = grant nothing.')
+param customerInsightsPrincipalId string = ''
+
+// Run artifacts (batches with contact payloads, results, reports, rejected.csv) hold personal data: they expire.
+@minValue(1)
+@maxValue(3650)
+@description('Days after which run artifacts (the whole exporter-runs container) are deleted by a storage lifecycle rule; also RUN_RETENTION_DAYS for the app. The membership state (exporter-state) never expires.')
+param runRetentionDays int = 30
+
+@description('Optional: e-mail address that the alerts (a run that needs someone, an export that stopped succeeding) are sent to. Empty = the alerts still fire and show in the portal, but nobody is e-mailed.')
+param alertEmail string = ''
+
+// The staleness alert looks back 2 days (overrideQueryTimeRange P2D) to see which exports the timer considers
+// enabled, so the threshold must stay below that.
+@minValue(1)
+@maxValue(47)
+@description('Hours without a succeeded run of an enabled export before the "export stopped succeeding" alert fires. Set it above the Customer Insights refresh interval (26 = a daily refresh plus two hours).')
+param staleAfterHours int = 26
+
+@minValue(0)
+@maxValue(100)
+@description('A run that ended partial alerts when more than this percentage of the contacts it tried to send failed. failed and held runs always alert.')
+param partialFailedPercent int = 1
 
 @allowed([
   512
@@ -148,6 +172,8 @@ var queueNames = [
 var useExternalCiAccount = !empty(ciExportStorageAccountName)
 // Empty also when azd passes an unset CI_EXPORT_STORAGE_ACCOUNT_RESOURCE_GROUP through main.parameters.json.
 var ciExportResourceGroupName = !empty(ciExportStorageAccountResourceGroup) ? ciExportStorageAccountResourceGroup : resourceGroup().name
+// Customer Insights is granted write access only on a container this template creates (not in an external account).
+var grantCustomerInsights = (!empty(customerInsightsPrincipalId)) && (!useExternalCiAccount) // parenthesised for pycep (tests/infra)
 var sourceBlobServiceUri = useExternalCiAccount ? 'https://${ciExportStorageAccountName}.blob.${environment().suffixes.storage}/' : storage.properties.primaryEndpoints.blob
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -165,8 +191,12 @@ var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 // Key Vault Secrets Officer (optional deploying principal only): set the Omnisend key after deployment.
 var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
-// Storage Blob Data Contributor (optional deploying principal only, config container): upload exports.json.
+// Storage Blob Data Contributor: the optional deploying principal (config container: upload exports.json; export
+// container: set up and inspect the Customer Insights connection) and Customer Insights (write its exports).
 var storageBlobDataContributorRoleId = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+// Storage Blob Delegator (Customer Insights only, on the account): with a container-scoped data role, Customer
+// Insights also needs to get a user delegation key, which is an account-level action (Microsoft's export docs).
+var storageBlobDelegatorRoleId = 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
 // No Storage Table Data Contributor: the app uses no tables and the template sets no table endpoint for the host.
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -356,7 +386,8 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // checkov:skip=CKV_AZURE_222:No VNet in this template; the HTTP trigger is reached over HTTPS and needs a function key
   // checkov:skip=CKV_AZURE_17:Callers authenticate with a function key, not client certificates
   // checkov:skip=CKV_AZURE_212:Flex Consumption scales per event; a minimum instance count for failover does not apply
-  // checkov:skip=CKV_AZURE_213:The app has no health endpoint to probe; failed runs and host errors show in Application Insights
+  // checkov:skip=CKV_AZURE_213:Flex Consumption has no platform health-check probe; GET /api/health (function key) is called by the operator and the deploy guide
+  // checkov:skip=CKV_AZURE_78:Flex rejects siteConfig.ftpsState (ARM 51021); FTP publishing is off via basicPublishingCredentialsPolicies/ftp
   name: functionAppResourceName
   location: location
   tags: union(allTags, { 'azd-service-name': 'api' })
@@ -373,7 +404,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     keyVaultReferenceIdentity: identity.id // if a Key Vault reference is ever used, resolve it as the app identity
     siteConfig: {
       minTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // No ftpsState: Flex Consumption rejects it (ARM error 51021); FTP is off through basicPublishingCredentialsPolicies/ftp.
       http20Enabled: true
     }
     functionAppConfig: {
@@ -397,6 +428,10 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
   }
+  dependsOn: [
+    // Flex validates the deployment container when the site is created.
+    deploymentContainer
+  ]
 }
 
 // Exactly the settings the code reads (shared/settings.py ENV_NAMES minus LOCAL_ONLY_SETTINGS) plus the host's own
@@ -430,6 +465,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Each process paces at OMNISEND_REQUESTS_PER_MINUTE / this, so a scale group stays inside the budget however
     // far it scales. Flex caps each per-function group separately; docs/deploy.md has the whole arithmetic.
     OMNISEND_PACING_INSTANCES: string(maximumInstanceCount)
+    // The code's own expiry of run artifacts agrees with the lifecycle rule below.
+    RUN_RETENTION_DAYS: string(runRetentionDays)
   }
   dependsOn: [
     // The host starts as soon as settings land; let it find its roles, containers and queues already there.
@@ -535,6 +572,251 @@ resource deployerConfigContributor 'Microsoft.Authorization/roleAssignments@2022
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
     principalId: principalId
     principalType: principalType
+  }
+}
+
+// Lets the deployer set up and inspect the Customer Insights connection (and see what it wrote) in the app account.
+resource deployerCiExportContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if ((!empty(principalId)) && (!useExternalCiAccount)) {
+  name: guid(storage.id, ciExportContainerName, principalId, storageBlobDataContributorRoleId)
+  scope: ciExportContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    principalId: principalId
+    principalType: principalType
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Optional grants for Customer Insights (app id 0bfc4568-a4ba-4c58-bd3e-5d3e76bd7fff): write its exports here
+// ---------------------------------------------------------------------------------------------------------------
+
+resource customerInsightsExportContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantCustomerInsights) {
+  name: guid(storage.id, ciExportContainerName, customerInsightsPrincipalId, storageBlobDataContributorRoleId)
+  scope: ciExportContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDataContributorRoleId)
+    principalId: customerInsightsPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource customerInsightsBlobDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (grantCustomerInsights) {
+  name: guid(storage.id, customerInsightsPrincipalId, storageBlobDelegatorRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageBlobDelegatorRoleId)
+    principalId: customerInsightsPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Data lifecycle: run artifacts expire; the membership state never does
+// ---------------------------------------------------------------------------------------------------------------
+
+// Lifecycle prefixes are "<container>/<blob prefix>" matched from the start of the path: 'exporter-runs/' covers
+// every blob in the runs container and nothing in 'exporter-state/' (tests/infra proves it against names.py).
+resource lifecycle 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: storage
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expireRunArtifacts'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                '${runsContainerName}/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: runRetentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Diagnostic settings: who read the key, who touched the data, into the Log Analytics workspace
+// ---------------------------------------------------------------------------------------------------------------
+
+resource keyVaultDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: keyVault
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [
+      {
+        category: 'AuditEvent' // every secret read, by whom: the app identity, the deployer, anyone else
+        enabled: true
+      }
+    ]
+  }
+}
+
+// Data-plane logs of the run artifacts, state and config (blob) and of the stage queues (queue).
+var storageLogCategories = [
+  'StorageRead'
+  'StorageWrite'
+  'StorageDelete'
+]
+
+resource blobDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: blobService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [for category in storageLogCategories: {
+      category: category
+      enabled: true
+    }]
+  }
+}
+
+resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
+  name: 'to-log-analytics'
+  scope: queueService
+  properties: {
+    workspaceId: logAnalytics.id
+    logs: [for category in storageLogCategories: {
+      category: category
+      enabled: true
+    }]
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Alerts: a run that needs someone, an export that stopped succeeding (queries read shared/events.py's events)
+// ---------------------------------------------------------------------------------------------------------------
+
+// The Functions Python worker forwards log records to the `traces` table without their `extra=` fields, so each
+// event carries its fields as JSON after its name in the message (shared/events.py; tests/infra/test_alerts.py).
+var runNeedsAttentionQuery = 'traces | where message startswith "RunFinished " | extend e = parse_json(substring(message, strlen("RunFinished "))) | extend export = tostring(e.export), runId = tostring(e.runId), status = tostring(e.status), sent = toint(e.sent), failed = toint(e.failed) | where status in ("failed", "held") or (status == "partial" and failed * 100.0 > ${partialFailedPercent} * (sent + failed)) | project timestamp, export, runId, status, sent, failed'
+// Enabled = named by the newest TimerFired and by one at least staleAfterHours old (a new export gets its grace).
+var exportStaleQuery = 'let staleAfter = ${staleAfterHours}h; let enabled = traces | where message startswith "TimerFired " | extend e = parse_json(substring(message, strlen("TimerFired "))) | mv-expand export = e.enabledExports to typeof(string) | summarize firstSeen = min(timestamp), lastSeen = max(timestamp) by export; let lastFired = toscalar(traces | where message startswith "TimerFired " | summarize max(timestamp)); let succeeded = traces | where message startswith "RunFinished " | extend e = parse_json(substring(message, strlen("RunFinished "))) | where tostring(e.status) == "succeeded" | summarize lastSucceeded = max(timestamp) by export = tostring(e.export); enabled | where lastSeen > lastFired - 10m and firstSeen < ago(staleAfter) | join kind=leftouter succeeded on export | where isnull(lastSucceeded) or lastSucceeded < ago(staleAfter) | project export, firstSeen, lastSucceeded'
+
+resource alertActionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = {
+  name: '${abbrs.actionGroup}${resourceToken}'
+  location: 'Global'
+  tags: allTags
+  properties: {
+    groupShortName: 'ci-omnisend' // at most 12 characters; shown in the e-mail
+    enabled: true
+    emailReceivers: empty(alertEmail) ? [] : [
+      {
+        name: 'operator'
+        emailAddress: alertEmail
+        useCommonAlertSchema: true
+      }
+    ]
+  }
+}
+
+resource runNeedsAttentionAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${abbrs.scheduledQueryRule}run-needs-attention-${resourceToken}'
+  location: location
+  tags: allTags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Omnisend export run needs someone (failed, held, or partial)'
+    description: 'A run ended failed, held by the mass-exit guard, or partial with more than ${partialFailedPercent}% of its contacts failed. Open the run report: python -m shared report <export> <runId>, or GET /api/exports/<export>/runs/<runId>.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT15M'
+    windowSize: 'PT15M'
+    criteria: {
+      allOf: [
+        {
+          query: runNeedsAttentionQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          dimensions: [
+            {
+              name: 'export'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: false // each bad run is its own incident; a later good run does not undo it
+    actions: {
+      actionGroups: [
+        alertActionGroup.id
+      ]
+    }
+  }
+}
+
+resource exportStaleAlert 'Microsoft.Insights/scheduledQueryRules@2023-12-01' = {
+  name: '${abbrs.scheduledQueryRule}export-stale-${resourceToken}'
+  location: location
+  tags: allTags
+  kind: 'LogAlert'
+  properties: {
+    displayName: 'Omnisend export has not succeeded for ${staleAfterHours} hours'
+    description: 'An export the timer considers enabled has had no succeeded run for ${staleAfterHours} hours: Customer Insights stopped exporting, runs keep failing, or the app stopped. Check GET /api/health and the export\'s runs.'
+    severity: 2
+    enabled: true
+    scopes: [
+      appInsights.id
+    ]
+    evaluationFrequency: 'PT1H'
+    windowSize: 'PT1H'
+    overrideQueryTimeRange: 'P2D'
+    criteria: {
+      allOf: [
+        {
+          query: exportStaleQuery
+          timeAggregation: 'Count'
+          operator: 'GreaterThan'
+          threshold: 0
+          dimensions: [
+            {
+              name: 'export'
+              operator: 'Include'
+              values: [
+                '*'
+              ]
+            }
+          ]
+          failingPeriods: {
+            numberOfEvaluationPeriods: 1
+            minFailingPeriodsToAlert: 1
+          }
+        }
+      ]
+    }
+    autoMitigate: true // resolves by itself once the export succeeds again
+    actions: {
+      actionGroups: [
+        alertActionGroup.id
+      ]
+    }
   }
 }
 

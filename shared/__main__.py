@@ -121,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                         help="check the key with Omnisend (the default when a key or Key Vault is configured)")
     online.add_argument("--offline", action="store_true", help="make no request to Omnisend or Key Vault")
 
+    p = sub.add_parser("health", help="check storage, queues, export definitions, the key and Omnisend",
+                       description="The same checks as GET /api/health: each ok or ERROR with a reason. "
+                       "Exit 0 when all pass, 3 otherwise.")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
     p = sub.add_parser("runs", help="list an export's runs, newest first")
     p.add_argument("name")
     common(p)
@@ -306,6 +311,14 @@ def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
     return lines
 
 
+def _cmd_health(args: argparse.Namespace) -> int:
+    from shared.health import format_text, run_from_settings
+
+    report = run_from_settings()
+    print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else format_text(report))
+    return EXIT_OK if report.ok else EXIT_RUN_FAILED
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.pipeline import list_runs
@@ -378,7 +391,8 @@ def _run(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
-                "report": _cmd_report}
+                "report": _cmd_report,
+                "health": _cmd_health}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -41,6 +41,7 @@ ENV_NAMES = (
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
     "OMNISEND_PACING_INSTANCES",
+    "RUN_RETENTION_DAYS",
 )
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
 # storage is identity-based, the base URL is Omnisend's).
@@ -102,6 +103,11 @@ def _redacted_url(url: str) -> str:
         netloc += f":{parts.port}"
     return parts._replace(netloc=netloc, query="***" if parts.query else "", fragment="").geturl()
 
+# Run artifacts hold personal data (batch payloads, rejected.csv): kept long enough to investigate a run, then gone.
+# infra/main.bicep's lifecycle rule deletes the runs container's blobs after the same number of days.
+DEFAULT_RUN_RETENTION_DAYS = 30
+RUN_RETENTION_DAYS_RANGE = (1, 3650)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -121,6 +127,7 @@ class Settings:
     # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
     # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
     omnisend_pacing_instances: int = 1
+    run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
 
     def __repr__(self) -> str:
         """Every setting, secrets and connection strings as ``***`` and URLs without their query string."""
@@ -176,6 +183,10 @@ class Settings:
 
         rpm = positive_int("OMNISEND_REQUESTS_PER_MINUTE", DEFAULT_REQUESTS_PER_MINUTE)
         instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
+        retention = positive_int("RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS)
+        low, high = RUN_RETENTION_DAYS_RANGE
+        if not low <= retention <= high:
+            problems.append(f"RUN_RETENTION_DAYS={retention}: use a number of days from {low} to {high}")
 
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         base_problem = base_url_problem(base_url)
@@ -212,6 +223,7 @@ class Settings:
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
             omnisend_pacing_instances=instances,
+            run_retention_days=retention,
         )
 
 

@@ -331,6 +331,18 @@ class OmnisendClient:
                 if resp.status_code >= 300:
                     raise self._unexpected("DELETE", path, resp.status_code, self._problem(resp))
 
+    def check_key(self) -> None:
+        """One read-only request that proves Omnisend accepts the key (the health check).
+
+        ``GET /batches?endpoint=contacts&limit=1``: documented on both API versions, the cheapest authenticated
+        GET the client already uses, and it returns batch metadata only (``GET /contacts`` would return a person).
+        Raises AuthRejected (refused key), RetryLater (429/5xx/unreachable) or UnexpectedResponse.
+        """
+        path = "/batches"
+        resp = self._request("GET", path, params={"endpoint": "contacts", "limit": 1})
+        if resp.status_code >= 300:
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+
     def close(self) -> None:
         if self._own_session:
             self._session.close()

@@ -25,7 +25,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared import leases
+from shared import events, leases
 from shared.contacts import email_key
 from shared.errors import RetryLater
 from shared.exports import ExportDefinition
@@ -319,6 +319,8 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
     check_accounting(report)
     if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
         report = read_json(ctx.state_store, RUNS, paths.report)
+    else:
+        events.run_finished(report)  # one structured event per finished run: the alerts read it
     release_active(ctx, export.name, run_id)
     log.info(
         "finalise export=%s runId=%s status=%s rows=%d sent=%d failed=%d rejected=%d duplicates=%d unchanged=%d "
@@ -350,6 +352,7 @@ def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths
     check_accounting(report)
     if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
         return read_json(ctx.state_store, RUNS, paths.report)
+    events.run_finished(report)
     log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
     return report
 

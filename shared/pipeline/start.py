@@ -26,7 +26,7 @@ import socket
 from dataclasses import asdict
 from typing import Any
 
-from shared import names
+from shared import events, names
 from shared.errors import FailRun
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.leases import chain_append, chain_latest
@@ -247,4 +247,5 @@ def fail_run(ctx: Context, export: str, run_id: str, error: Exception) -> dict[s
     failure = {"runId": run_id, "export": export, "status": "failed", "message": str(error),
                "error": type(error).__name__, "failedAt": _now_iso(ctx.clock)}
     ctx.state_store.write(RUNS, paths.failure, dumps(failure))
+    events.run_finished(failure)  # a stopped run needs someone too: the alerts read it
     return failure

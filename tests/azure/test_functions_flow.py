@@ -249,7 +249,7 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
     assert done.returncode == 0, done.stderr
     functions = json.loads(done.stdout)
     assert set(functions) == {
-        "export_timer", "start_export_run", "get_export_run", "list_exports",
+        "export_timer", "start_export_run", "get_export_run", "list_exports", "health_check",
         "plan_stage", "send_stage", "verify_stage", "finalise_stage",
         "plan_poison", "send_poison", "verify_poison", "finalise_poison",
     }
@@ -259,7 +259,7 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
                for fn in functions.values() for b in fn if b["type"] == "queueTrigger")
     [timer] = functions["export_timer"]
     assert timer["schedule"] == "%EXPORT_SCHEDULE%" and not timer.get("runOnStartup")
-    http = [b for fn in ("start_export_run", "get_export_run", "list_exports") for b in functions[fn]
+    http = [b for fn in ("start_export_run", "get_export_run", "list_exports", "health_check") for b in functions[fn]
             if b["type"] == "httpTrigger"]
     assert {b["authLevel"] for b in http} == {"FUNCTION"}
 

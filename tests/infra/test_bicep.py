@@ -328,12 +328,18 @@ def test_external_ci_account_gets_only_blob_read_on_just_its_container():
     assert scope["existing"] is True
 
 
-def test_other_role_assignments_only_exist_for_an_explicit_deploying_principal():
+def test_other_role_assignments_only_exist_for_an_explicitly_named_principal():
+    # The deploying principal (principalId) or Customer Insights (customerInsightsPrincipalId), each only when set.
     for name, res in resources_of_type(template(), "Microsoft.Authorization/roleAssignments").items():
-        if path_of(body(res)["properties"]["principalId"]) == APP_PRINCIPAL:
+        principal = path_of(body(res)["properties"]["principalId"])
+        if principal == APP_PRINCIPAL:
             continue
-        assert body(res)["properties"]["principalId"] == "principalId", name
-        assert "empty" in json.dumps(res["config"]["condition"]), name  # if (!empty(principalId))
+        assert principal in ("principalId", "customerInsightsPrincipalId"), name
+        condition = res["config"]["condition"]
+        if isinstance(condition, str) and condition in template()["variables"]:  # if (grantCustomerInsights)
+            condition = template()["variables"][condition]["value"]
+        rendered = json.dumps(condition)
+        assert "empty" in rendered and principal in rendered, name  # if (!empty(<that principal>) ...)
 
 
 def test_role_ids_are_commented_variables():

@@ -8,7 +8,6 @@ from shared.http_input import BadRequest, check_export_name, check_run_id, excer
 from shared.runs import derive_run_id
 
 
-
 @pytest.mark.parametrize("further", [0, 1, 12])
 def test_every_run_id_the_exporter_makes_passes_the_route_check(further):
     check_run_id(derive_run_id("vip", "VipCustomers/2026/11/28/0205", further))
