@@ -428,6 +428,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Each process paces at OMNISEND_REQUESTS_PER_MINUTE / this, so a scale group stays inside the budget however
     // far it scales. Flex caps each per-function group separately; docs/deploy.md has the whole arithmetic.
     OMNISEND_PACING_INSTANCES: string(maximumInstanceCount)
+    RUN_RETENTION_DAYS: '30' // days a finished run's report and rejected.csv are kept (shared/retention.py)
   }
   dependsOn: [
     // The host starts as soon as settings land; let it find its roles, containers and queues already there.

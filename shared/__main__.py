@@ -92,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("run_id", nargs="?", help="run id (see 'runs')")
     common(p)
+
+    p = sub.add_parser(
+        "prune",
+        help="delete finished runs older than RUN_RETENTION_DAYS and payloads left in finished runs",
+        description="Delete every file of runs that finished more than RUN_RETENTION_DAYS (default 30) days ago, "
+        "and the payload files (batches, change lists) still left in finished runs. Unfinished runs and the "
+        "membership state are never touched. The Azure timer does the same after starting runs.",
+    )
+    common(p)
+    p.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
     return parser
 
 
@@ -289,6 +299,19 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import time
+
+    from shared.app import make_stores
+    from shared.retention import prune, summary
+
+    settings = _settings(args)
+    state_store, _ = make_stores(settings)
+    result = prune(state_store, now=time.time(), retention_days=settings.run_retention_days, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2) if args.json else summary(result))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -297,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
-                "report": _cmd_report}
+                "report": _cmd_report, "prune": _cmd_prune}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from shared import names, pipeline
+from shared import names, pipeline, retention
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import ExportDefinition, ExportNotRunnable, find_export
 from shared.queues import StageMessage
@@ -115,6 +115,9 @@ class Orchestrator:
             elif not run.finished and self._plan_is_stale(export.name, run.run_id):
                 log.warning("timer export=%s runId=%s: plan never ran; queuing it again", export.name, run.run_id)
                 self._enqueue_plan(export.name, run.run_id)
+        # Finished runs older than RUN_RETENTION_DAYS are deleted (unfinished ones never): shared/retention.py.
+        retention.prune_for_timer(self.ctx.state_store, now=self.ctx.clock(),
+                                  retention_days=self.ctx.settings.run_retention_days)
         return started
 
     def _plan_is_stale(self, export: str, run_id: str) -> bool:

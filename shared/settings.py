@@ -39,6 +39,7 @@ ENV_NAMES = (
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
     "OMNISEND_PACING_INSTANCES",
+    "RUN_RETENTION_DAYS",
 )
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
 # storage is identity-based, the base URL is Omnisend's).
@@ -51,6 +52,11 @@ HOST_SETTINGS = (
     "APPLICATIONINSIGHTS_CONNECTION_STRING",
     "APPLICATIONINSIGHTS_AUTHENTICATION_STRING",
 )
+# What remains of a finished run (report, rejected.csv, markers: emails of failed and rejected rows) is deleted this
+# many days after the run finished (shared/retention.py). 30 days leaves a month to look into a partial run; the
+# payloads themselves are deleted as soon as the run is finalised. 3650 days is a cap against typos, not advice.
+DEFAULT_RUN_RETENTION_DAYS = 30
+MAX_RUN_RETENTION_DAYS = 3650
 DEFAULT_EXPORT_SCHEDULE = "0 5 * * * *"  # NCRONTAB, UTC: hourly at minute 5.
 
 
@@ -72,6 +78,7 @@ class Settings:
     # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
     # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
     omnisend_pacing_instances: int = 1
+    run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
 
     @property
     def requests_per_minute_per_instance(self) -> float:
@@ -113,6 +120,9 @@ class Settings:
 
         rpm = positive_int("OMNISEND_REQUESTS_PER_MINUTE", DEFAULT_REQUESTS_PER_MINUTE)
         instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
+        retention = positive_int("RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS)
+        if retention > MAX_RUN_RETENTION_DAYS:
+            problems.append(f"RUN_RETENTION_DAYS={retention}: use at most {MAX_RUN_RETENTION_DAYS} days")
 
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         if not base_url.startswith(("http://", "https://")):
@@ -148,6 +158,7 @@ class Settings:
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
             omnisend_pacing_instances=instances,
+            run_retention_days=retention,
         )
 
 

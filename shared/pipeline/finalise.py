@@ -14,6 +14,7 @@ from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
 from shared.pipeline.start import read_started
+from shared.retention import delete_payloads
 from shared.runs import (
     RunPaths,
     check_accounting,
@@ -32,6 +33,7 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, A
     paths = RunPaths(export.name, run_id)
     existing = read_json(ctx.state_store, RUNS, paths.report)
     if existing is not None:
+        delete_payloads(ctx.state_store, paths)  # finishes a deletion a crash interrupted (no-op once done)
         return existing
     manifest = read_json(ctx.state_store, RUNS, paths.manifest)
     if manifest is None:
@@ -42,11 +44,14 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str) -> dict[str, A
     if not ctx.state_store.create(RUNS, paths.final, dumps({"claimedAt": _now_iso(ctx.clock)})):
         return None  # another worker is finalising
     try:
-        return _finalise_claimed(ctx, export, run_id, paths, manifest, results_list)
+        report = _finalise_claimed(ctx, export, run_id, paths, manifest, results_list)
     except BaseException:
         # Give the claim back so a later call (the next verify message, a re-run) can finalise the run.
         ctx.state_store.delete(RUNS, paths.final)
         raise
+    # The report is written: the payloads are no longer needed (personal data kept minimal, shared/retention.py).
+    delete_payloads(ctx.state_store, paths)
+    return report
 
 
 def _finalise_claimed(
