@@ -102,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(p)
     p.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+
+    p = sub.add_parser(
+        "forget",
+        help="erase people from every export's state and every kept run file",
+        description="Remove the given people (emails, normalised like the planner does) from every export's "
+        "membership state and from every run file still kept (rejected.csv rows, markers). Refuses while a run "
+        "is under way. Deleting them in Omnisend is the brand's own action, in Omnisend; remove them in Customer "
+        "Insights too, or the next snapshot exports them again.",
+    )
+    p.add_argument("emails", nargs="+", metavar="EMAIL")
+    common(p)
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
     return parser
 
 
@@ -312,6 +324,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from shared.app import make_stores
+    from shared.forget import forget, summary
+
+    state_store, _ = make_stores(_settings(args))
+    result = forget(state_store, args.emails, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2) if args.json else summary(result))
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -320,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
-                "report": _cmd_report, "prune": _cmd_prune}
+                "report": _cmd_report, "prune": _cmd_prune,
+                "forget": _cmd_forget}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
