@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -114,6 +115,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("emails", nargs="+", metavar="EMAIL")
     common(p)
     p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+
+    p = sub.add_parser(
+        "probe",
+        help="check on your Omnisend brand the behaviours the exporter relies on but Omnisend does not document",
+        description="Create three probe contacts (omnisend-exporter-probe-<n>-<stamp>@DOMAIN, welcome messages "
+        "off) with the configured key and API version, and report each consent/tag assumption as confirmed or "
+        "contradicted. The result is kept in the state container; check-config shows it, and an export relying "
+        "on a contradicted assumption refuses to run. Without --yes it only explains what it would do.",
+    )
+    p.add_argument("--email-domain", required=True, metavar="DOMAIN", help="a domain you own, e.g. example.com")
+    p.add_argument("--yes", action="store_true", help="really create the probe contacts")
+    common(p)
     return parser
 
 
@@ -241,9 +254,13 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         "exports": [],
     }
     problems = 0
+    from shared.probe import assess, read_result
+
+    probed = read_result(state_store, settings.omnisend_api_version)
     for export in exports:
         entry: dict[str, Any] = {"name": export.name, "enabled": export.enabled,
-                                 "dataTransferAcknowledged": export.data_transfer_acknowledged}
+                                 "dataTransferAcknowledged": export.data_transfer_acknowledged,
+                                 "probe": assess(export, settings.omnisend_api_version, probed)}
         if not args.no_snapshots:
             try:
                 snap = discover_snapshot(source_store, export.source)
@@ -267,6 +284,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
             snap = (f"snapshot {e['snapshot']} ({len(e['columns'])} columns)" if "snapshot" in e
                     else f"SNAPSHOT ERROR: {e['snapshotError']}" if "snapshotError" in e else "")
             print(f"  - {e['name']}: {state}{ack}; {snap}")
+            for warning in e["probe"]["warnings"]:
+                print(f"    warning: {warning}")
     return EXIT_SNAPSHOT if problems else EXIT_OK
 
 
@@ -334,6 +353,34 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from shared.app import build_context
+    from shared.names import STATE_CONTAINER
+    from shared.probe import plan_text, result_name, run_probe, summary
+
+    settings = _settings(args)
+    domain = args.email_domain.strip().lower()
+    if not DOMAIN_RE.fullmatch(domain):
+        raise ConfigError(f"--email-domain {args.email_domain!r}: give a domain name such as example.com",
+                          source="probe")
+    if not args.yes:
+        print(plan_text(domain, settings.omnisend_api_version, settings.omnisend_base_url), file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.has_api_key_source:
+        raise ConfigError("the probe needs your brand's key: set OMNISEND_API_KEY, or KEY_VAULT_URL",
+                          source="environment")
+    ctx = build_context(settings)
+    result = run_probe(ctx.client, ctx.state_store, api_version=settings.omnisend_api_version,
+                       base_url=settings.omnisend_base_url, domain=domain)
+    where = ctx.state_store.describe(STATE_CONTAINER, result_name(settings.omnisend_api_version))
+    print(json.dumps(result, indent=2) if args.json else summary(result, where))
+    return EXIT_OK
+
+
+# A host name: labels of letters, digits and hyphens, at least one dot (the probe addresses go to this domain).
+DOMAIN_RE = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -343,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
                 "report": _cmd_report, "prune": _cmd_prune,
-                "forget": _cmd_forget}
+                "forget": _cmd_forget, "probe": _cmd_probe}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -123,6 +123,12 @@ def _finalise_claimed(
                 status = "partial"
                 message = f"untagging {len(leaver_emails)} leavers failed ({exc}); the next run tries again"
             requests += ctx.client.thread_requests - before
+    if export.tags and export.tags_via == "tagsEndpoint":
+        # Tags applied with POST /contacts/tags, not in the upsert (the probe found upsert tags replacing). Before the
+        # state is saved: if this fails (RetryLater), finalise is retried and nothing has advanced.
+        before = ctx.client.thread_requests
+        ctx.client.add_tags([e for e, _, _ in changes if e not in failed_emails], list(export.tags))
+        requests += ctx.client.thread_requests - before
     if keep_leavers:
         leaver_set = set(leaver_emails)
         entries.extend((e, fp) for e, fp in zip(full_previous.emails, full_previous.fingerprints, strict=True)

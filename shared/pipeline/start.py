@@ -8,6 +8,7 @@ from typing import Any
 from shared.errors import FailRun
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.pipeline.context import RUNS, Context, RunOptions, StartedRun, _now_iso, _snapshot_to_json, log
+from shared.probe import ensure_assumptions
 from shared.runs import (
     RunPaths,
     derive_run_id,
@@ -23,6 +24,7 @@ def start_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> St
     """Find the newest snapshot and claim its run. The run id comes from export + snapshot, so a second start of
     the same snapshot (a duplicate timer fire, a re-run) finds the first run instead of starting another."""
     ensure_runnable(export)
+    ensure_assumptions(ctx.state_store, export, ctx.api_version)  # the consent probe's verdicts (shared/probe.py)
     snapshot = discover_snapshot(ctx.source_store, export.source)
     fresh = options.force or options.full_resync or options.allow_mass_exit
     run_id = derive_run_id(export.name, snapshot.snapshot_id, ctx.clock() if fresh else None)
