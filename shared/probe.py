@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import names
-from shared.errors import FailRun
+from shared.errors import ConfigError, FailRun
 from shared.exports import ExportDefinition
 from shared.omnisend.limits import API_2026, API_V3
 from shared.omnisend.payloads import OLD_STATUS_DATE
@@ -119,7 +119,12 @@ def assess(export: ExportDefinition, api_version: str, result: dict[str, Any] | 
 
 
 def ensure_assumptions(store: ObjectStore, export: ExportDefinition, api_version: str) -> None:
-    """Refuse to start a run of an export that relies on a behaviour the probe contradicted on this API version."""
+    """Refuse to start a run of an export that relies on a behaviour the probe contradicted on this API version
+    (or that asks for tags through an endpoint this API version does not have)."""
+    if export.tags and export.tags_via == "tagsEndpoint" and api_version != API_2026:
+        raise ConfigError(f"export {export.name!r}: tagsVia 'tagsEndpoint' needs OMNISEND_API_VERSION=2026-03-15; "
+                          f"API {api_version} has no /contacts/tags endpoint (use tagsVia 'upsert')",
+                          source="exports")
     result = read_result(store, api_version)
     if result is None:
         return

@@ -108,3 +108,14 @@ def test_an_export_that_avoids_the_contradicted_assumption_runs(tmp_path, sim):
     write_segment(tmp_path, 50, messy=False)
     ctx = make_context(tmp_path, sim.base_url)
     assert export(ctx, load_export(onExit="ignore"))["status"] == "succeeded"
+
+
+def test_tags_through_the_tags_endpoint_on_v3_are_refused_before_anything_is_sent(tmp_path, sim):
+    from shared.errors import ConfigError
+
+    sim.configure(supported_versions=list(BOTH))
+    write_segment(tmp_path, 50, messy=False)
+    ctx = make_context(tmp_path, sim.base_url, api_version="v3")
+    with pytest.raises(ConfigError, match="tagsEndpoint"):
+        export(ctx, load_export(tagsVia="tagsEndpoint", onExit="ignore"))
+    assert sim.stats()["requests_total"] == 0
