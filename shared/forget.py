@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,6 +36,7 @@ from shared.storage import ObjectStore
 
 RUNS = names.RUNS_CONTAINER
 STATE = names.STATE_CONTAINER
+log = logging.getLogger("exporter")
 STATE_FILE = "members.bin"
 LEGACY_STATE_SUFFIX = "/state/members.bin"
 # Cells the "safe" rejected.csv writer prefixes with ' so a spreadsheet shows them as text.
@@ -86,6 +88,9 @@ def forget(store: ObjectStore, emails: Iterable[str], *, dry_run: bool = False) 
         _forget_in_state(store, *name, targets, tally, dry_run)
     for folder in folders:
         _forget_in_run(store, folder, targets, tally, dry_run)
+    # An audit line without the people: how many were asked for, found, and in how many places.
+    log.info("forget emails=%d found=%d places=%d removed=%d dryRun=%s", len(targets), len(tally.found),
+             len(tally.places), sum(tally.places.values()), dry_run)
     return {
         "emails": sorted(mask_email(e) for e in targets),
         "found": len(tally.found),
