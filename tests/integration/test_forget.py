@@ -131,3 +131,15 @@ def test_post_api_forget_needs_an_admin_key_and_erases_the_person(exported_with_
     assert response.status_code == 200
     assert traces(root, people["duplicate"]) == []
     assert names.STATE_CONTAINER in json.loads(response.get_body())["removed"].__repr__()
+
+
+def test_post_api_forget_answers_409_while_a_run_is_under_way(tmp_path, sim):
+    write_segment(tmp_path, 300)
+    ctx = make_context(tmp_path, sim.base_url)
+    run = start_run(ctx, load_export(), RunOptions())
+    function_app._orchestrator = Orchestrator(ctx, queues=None, load_exports=lambda: [load_export()])
+    try:
+        response = _forget_over_http(json.dumps({"emails": [segment_emails(tmp_path, 1)[0]]}).encode())
+    finally:
+        function_app._orchestrator = None
+    assert response.status_code == 409 and run.run_id in json.loads(response.get_body())["error"]
