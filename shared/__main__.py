@@ -236,6 +236,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from shared.app import load_export_definitions, make_stores
+    from shared.probe import assess, read_result
     from shared.segments import discover_snapshot
 
     settings = _settings(args)
@@ -254,8 +255,6 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         "exports": [],
     }
     problems = 0
-    from shared.probe import assess, read_result
-
     probed = read_result(state_store, settings.omnisend_api_version)
     for export in exports:
         entry: dict[str, Any] = {"name": export.name, "enabled": export.enabled,
