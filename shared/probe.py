@@ -186,6 +186,7 @@ class _Probe:
         self.client, self.v3, self.emails = client, api_version == API_V3, emails
         self.wait_seconds, self.sleep, self.clock = wait_seconds, sleep, clock
         self.now = datetime.fromtimestamp(clock(), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.last: dict[str, dict[str, Any]] = {}  # email -> the answer to its last POST /contacts
 
     def post(self, email: str, status: str | None = None, date: str | None = None, tags: list[str] | None = None):
         ident: dict[str, Any] = {"type": "email", "id": email, "sendWelcomeMessage": False}
@@ -194,9 +195,14 @@ class _Probe:
         body: dict[str, Any] = {"identifiers": [ident]}
         if tags:
             body["tags"] = tags
-        self.client.post_contact(body)
+        self.last[email] = self.client.post_contact(body)
 
     def read(self, email: str) -> dict[str, Any] | None:
+        """The contact after the last write: the POST's own answer when it holds the contact (2026 answers with the
+        stored contact, so no search-index lag can show an older state), else GET /contacts?email=."""
+        answer = self.last.pop(email, None)
+        if answer and "identifiers" in answer and "tags" in answer:
+            return answer
         return self.client.find_contact(email)
 
     def wait_for(self, email: str, done: Callable[[dict[str, Any] | None], bool]) -> dict[str, Any] | None:

@@ -290,11 +290,14 @@ class OmnisendClient:
                 if resp.status_code >= 300:
                     raise self._unexpected("POST", path, resp.status_code, self._problem(resp))
 
-    def post_contact(self, body: dict) -> None:
-        """POST /contacts (one upsert). Used by the consent probe (shared/probe.py), not by exports."""
+    def post_contact(self, body: dict) -> dict:
+        """POST /contacts (one upsert); returns Omnisend's answer (2026: the contact as stored; v3: at least
+        ``{email, contactID}``). Used by the consent probe (shared/probe.py), not by exports."""
         resp = self._request("POST", "/contacts", body=encode_json(body))
+        data = _json(resp)
         if resp.status_code >= 300:
             raise self._unexpected("POST", "/contacts", resp.status_code, self._problem(resp))
+        return data if isinstance(data, dict) else {}
 
     def find_contact(self, email: str) -> dict | None:
         """GET /contacts?email=: the contact as Omnisend holds it, or None."""
