@@ -107,6 +107,32 @@ def health_check(req: func.HttpRequest) -> func.HttpResponse:
     return _json(report.http_status, report.to_dict())
 
 
+# Erasure requests are rare and touch every export's data: an admin (host) key, not a function key.
+FORGET_MAX_EMAILS = 1000
+
+
+@app.route(route="forget", methods=["POST"], auth_level=func.AuthLevel.ADMIN)
+def forget_people(req: func.HttpRequest) -> func.HttpResponse:
+    """POST /api/forget {"emails": [...]}: erase people from every state and kept run file (shared/forget.py)."""
+    from shared.errors import ConfigError
+    from shared.forget import RunsInFlight, forget
+
+    try:
+        body = req.get_json()
+    except ValueError:
+        body = None
+    emails = body.get("emails") if isinstance(body, dict) else None
+    if (not isinstance(emails, list) or not 0 < len(emails) <= FORGET_MAX_EMAILS
+            or not all(isinstance(e, str) for e in emails)):
+        return _json(400, {"error": f'the body must be {{"emails": [1..{FORGET_MAX_EMAILS} strings]}}'})
+    try:
+        return _json(200, forget(orchestrator().ctx.state_store, emails))
+    except RunsInFlight as exc:
+        return _json(409, {"error": str(exc)})
+    except ConfigError as exc:
+        return _json(400, {"error": str(exc)})
+
+
 # ------------------------------------------------------------------------------------------------ stages
 
 

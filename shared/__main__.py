@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from typing import Any
@@ -133,6 +134,40 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="show a run's report (default: the newest run) or its progress")
     p.add_argument("name")
     p.add_argument("run_id", nargs="?", help="run id (see 'runs')")
+    common(p)
+
+    p = sub.add_parser(
+        "prune",
+        help="delete finished runs older than RUN_RETENTION_DAYS and payloads left in finished runs",
+        description="Delete every file of runs that finished more than RUN_RETENTION_DAYS (default 30) days ago, "
+        "and the payload files (batches, change lists) still left in finished runs. Unfinished runs and the "
+        "membership state are never touched. The Azure timer does the same after starting runs.",
+    )
+    common(p)
+    p.add_argument("--dry-run", action="store_true", help="only show what would be deleted")
+
+    p = sub.add_parser(
+        "forget",
+        help="erase people from every export's state and every kept run file",
+        description="Remove the given people (emails, normalised like the planner does) from every export's "
+        "membership state and from every run file still kept (rejected.csv rows, markers). Refuses while a run "
+        "is under way. Deleting them in Omnisend is the brand's own action, in Omnisend; remove them in Customer "
+        "Insights too, or the next snapshot exports them again.",
+    )
+    p.add_argument("emails", nargs="+", metavar="EMAIL")
+    common(p)
+    p.add_argument("--dry-run", action="store_true", help="only show what would be removed")
+
+    p = sub.add_parser(
+        "probe",
+        help="check on your Omnisend brand the behaviours the exporter relies on but Omnisend does not document",
+        description="Create three probe contacts (omnisend-exporter-probe-<n>-<stamp>@DOMAIN, welcome messages "
+        "off) with the configured key and API version, and report each consent/tag assumption as confirmed or "
+        "contradicted. The result is kept in the state container; check-config shows it, and an export relying "
+        "on a contradicted assumption refuses to run. Without --yes it only explains what it would do.",
+    )
+    p.add_argument("--email-domain", required=True, metavar="DOMAIN", help="a domain you own, e.g. example.com")
+    p.add_argument("--yes", action="store_true", help="really create the probe contacts")
     common(p)
     return parser
 
@@ -272,6 +307,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         if not settings_ok:  # what the default settings would say is not what the fixed ones will
             result.pop("storage"), result.pop("omnisend")
         problems += found
+        problems += _probe_verdicts(settings, exports, result) if settings_ok else []
     result["ok"] = not problems
     result["problems"] = [dataclasses.asdict(p) for p in problems]
     if args.json:
@@ -301,6 +337,7 @@ def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
             lines.append(f"  - {e['name']}: snapshot NOT FOUND")
         else:
             lines.append(f"  - {e['name']}: snapshot not checked")
+        lines += [f"    warning: {w}" for w in e.get("probe", {}).get("warnings", [])]
     if problems:
         lines.append(f"FAILED: {_plural(len(problems), 'problem')}")
         for p in problems:
@@ -317,6 +354,28 @@ def _cmd_health(args: argparse.Namespace) -> int:
     report = run_from_settings()
     print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) if args.json else format_text(report))
     return EXIT_OK if report.ok else EXIT_RUN_FAILED
+
+
+def _probe_verdicts(settings: Settings, exports: list, result: dict[str, Any]) -> list:
+    """The consent probe's verdicts per export (shared/probe.py): never probed is a warning; an assumption the probe
+    contradicted is a problem, since the export refuses to run until its settings avoid it."""
+    from shared.app import make_stores
+    from shared.checks import EXIT_CONFIG, Problem
+    from shared.probe import assess, read_result
+
+    probed = read_result(make_stores(settings)[0], settings.omnisend_api_version)
+    by_name = {e.name: e for e in exports}
+    problems = []
+    for entry in result["exports"]:
+        export = by_name.get(entry["name"])
+        if export is None:
+            continue
+        verdict = assess(export, settings.omnisend_api_version, probed)
+        entry["probe"] = {"assumptions": verdict["assumptions"],
+                          "warnings": [w for w in verdict["warnings"] if "CONTRADICTED" not in w]}
+        problems += [Problem("probe", f'export "{export.name}"', w, EXIT_CONFIG)
+                     for w in verdict["warnings"] if "CONTRADICTED" in w]
+    return problems
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -368,6 +427,57 @@ def _quiet_closed_pipes() -> None:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import time
+
+    from shared.app import make_stores
+    from shared.retention import prune, summary
+
+    settings = _settings(args)
+    state_store, _ = make_stores(settings)
+    result = prune(state_store, now=time.time(), retention_days=settings.run_retention_days, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2) if args.json else summary(result))
+    return EXIT_OK
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    from shared.app import make_stores
+    from shared.forget import forget, summary
+
+    state_store, _ = make_stores(_settings(args))
+    result = forget(state_store, args.emails, dry_run=args.dry_run)
+    print(json.dumps(result, indent=2) if args.json else summary(result))
+    return EXIT_OK
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from shared.app import build_context
+    from shared.names import STATE_CONTAINER
+    from shared.probe import plan_text, result_name, run_probe, summary
+
+    settings = _settings(args)
+    domain = args.email_domain.strip().lower()
+    if not DOMAIN_RE.fullmatch(domain):
+        raise ConfigError(f"--email-domain {args.email_domain!r}: give a domain name such as example.com",
+                          source="probe")
+    if not args.yes:
+        print(plan_text(domain, settings.omnisend_api_version, settings.omnisend_base_url), file=sys.stderr)
+        return EXIT_CONFIG
+    if not settings.has_api_key_source:
+        raise ConfigError("the probe needs your brand's key: set OMNISEND_API_KEY, or KEY_VAULT_URL",
+                          source="environment")
+    ctx = build_context(settings)
+    result = run_probe(ctx.client, ctx.state_store, api_version=settings.omnisend_api_version,
+                       base_url=settings.omnisend_base_url, domain=domain)
+    where = ctx.state_store.describe(STATE_CONTAINER, result_name(settings.omnisend_api_version))
+    print(json.dumps(result, indent=2) if args.json else summary(result, where))
+    return EXIT_OK
+
+
+# A host name: labels of letters, digits and hyphens, at least one dot (the probe addresses go to this domain).
+DOMAIN_RE = re.compile(r"(?=.{4,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -391,8 +501,8 @@ def _run(args: argparse.Namespace) -> int:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
-                "report": _cmd_report,
-                "health": _cmd_health}
+                "report": _cmd_report, "health": _cmd_health, "prune": _cmd_prune,
+                "forget": _cmd_forget, "probe": _cmd_probe}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

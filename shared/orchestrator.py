@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from shared import leases, names, pipeline
+from shared import leases, names, pipeline, retention
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
@@ -146,6 +146,9 @@ class Orchestrator:
                     log.info("timer export=%s: snapshot %s waits for run %s", export.name, run.wanted_snapshot,
                              run.run_id)
                 self._nudge(export, run.run_id)
+        # Finished runs older than RUN_RETENTION_DAYS are deleted (unfinished ones never): shared/retention.py.
+        retention.prune_for_timer(self.ctx.state_store, now=self.ctx.clock(),
+                                  retention_days=self.ctx.settings.run_retention_days)
         return started
 
     def _nudge(self, export: ExportDefinition, run_id: str) -> bool:

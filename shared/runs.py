@@ -24,7 +24,9 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/heartbeat.json      the CLI process working on the run is alive (stale: interrupted)
     <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
 
-The export's membership state is not here: it lives in ``names.STATE_CONTAINER`` (shared/state.py), so run
+Once the report is written, batches/, changes.bin and planned-keys.bin are deleted (the payloads); the rest of the
+folder is deleted RUN_RETENTION_DAYS after the run finished (shared/retention.py). The export's membership state is
+not here: it lives in ``names.STATE_CONTAINER`` (shared/state.py), so run
 artifacts can expire without ever touching it.
 """
 

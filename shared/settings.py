@@ -103,8 +103,10 @@ def _redacted_url(url: str) -> str:
         netloc += f":{parts.port}"
     return parts._replace(netloc=netloc, query="***" if parts.query else "", fragment="").geturl()
 
-# Run artifacts hold personal data (batch payloads, rejected.csv): kept long enough to investigate a run, then gone.
-# infra/main.bicep's lifecycle rule deletes the runs container's blobs after the same number of days.
+# What remains of a finished run (report, rejected.csv, markers: emails of failed and rejected rows) is deleted this
+# many days after the run finished (shared/retention.py; infra/main.bicep's lifecycle rule deletes the runs
+# container's blobs after the same number of days). 30 days leaves a month to look into a partial run; the payloads
+# themselves are deleted as soon as the run is finalised. 3650 days is a cap against typos, not advice.
 DEFAULT_RUN_RETENTION_DAYS = 30
 RUN_RETENTION_DAYS_RANGE = (1, 3650)
 

@@ -55,6 +55,13 @@ class SimConfig:
     item_fail: dict[str, int] = field(default_factory=dict)  # exact email -> per-item responseCode
     item_fail_times: int | None = None  # failures per email before it succeeds; None = forever
     seed: int = 0
+    # Pessimistic behaviours: what Omnisend's documentation does not rule out (reference §8.1). Off = the behaviour
+    # the exporter assumes; each switch lets a test (and the consent probe, shared/probe.py) see the other one.
+    no_channels_resets_status: bool = False  # 2026: an existing contact posted without channels -> nonSubscribed
+    no_channels_new_subscribed: bool = False  # 2026: a new contact posted without channels -> subscribed
+    older_status_date_overrides: bool = False  # both: a status with an older date replaces a newer one
+    upsert_tags_replace: bool = False  # both: tags in a contact upsert replace the contact's tags
+    untag_removes_all: bool = False  # 2026: DELETE /contacts/tags removes every tag of the contact
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -38,7 +38,9 @@ class Contact:
 
 
 class ContactStore:
-    def __init__(self) -> None:
+    def __init__(self, config: Any = None) -> None:
+        # The simulator's SimConfig (read at each write, so configure() takes effect at once); None: the defaults.
+        self.config = config
         self.by_email: dict[str, Contact] = {}
         self.by_id: dict[str, Contact] = {}
         self.by_phone: dict[str, Contact] = {}
@@ -73,9 +75,20 @@ class ContactStore:
         self._apply_profile(contact, item, v3)
         return contact, created
 
+    def _switch(self, name: str) -> bool:
+        return bool(getattr(self.config, name, False))
+
     def _apply_email_channel(self, contact: Contact, ident: dict, v3: bool, created: bool, now: str) -> bool:
         before = contact.email_status
-        status, stamp = _resolve_status(ident, "email", v3, created, now, contact.email_status, contact.email_date)
+        if not v3 and not (ident.get("channels") or {}).get("email"):
+            if created and self._switch("no_channels_new_subscribed"):
+                contact.email_status, contact.email_date = "subscribed", now
+                return False
+            if not created and self._switch("no_channels_resets_status"):
+                contact.email_status, contact.email_date = "nonSubscribed", now
+                return False
+        status, stamp = _resolve_status(ident, "email", v3, created, now, contact.email_status, contact.email_date,
+                                        older_overrides=self._switch("older_status_date_overrides"))
         if status is not None:
             contact.email_status, contact.email_date = status, stamp
         return not created and before != "subscribed" and contact.email_status == "subscribed"
@@ -91,12 +104,12 @@ class ContactStore:
             contact.phone, contact.sms_status, contact.sms_date = phone, None, None
             self.by_phone[phone] = contact
         is_new = contact.sms_status is None
-        status, stamp = _resolve_status(ident, "sms", v3, is_new, now, contact.sms_status, contact.sms_date)
+        status, stamp = _resolve_status(ident, "sms", v3, is_new, now, contact.sms_status, contact.sms_date,
+                                        older_overrides=self._switch("older_status_date_overrides"))
         if status is not None:
             contact.sms_status, contact.sms_date = status, stamp
 
-    @staticmethod
-    def _apply_profile(contact: Contact, item: dict, v3: bool) -> None:
+    def _apply_profile(self, contact: Contact, item: dict, v3: bool) -> None:
         for name in PROFILE_FIELDS:
             value = item.get(name)
             if value is not None:
@@ -105,6 +118,8 @@ class ContactStore:
                 contact.fields[name] = value
         tags = item.get("tags")
         if tags:
+            if self._switch("upsert_tags_replace"):
+                contact.tags = []
             merge_tags(contact, tags)
         props = dict(item.get("customProperties") or {})
         if not v3 and item.get("createdAt") is not None:
@@ -157,6 +172,8 @@ class ContactStore:
         for contact in targets.values():
             if add:
                 merge_tags(contact, body["tags"])
+            elif self._switch("untag_removes_all"):
+                contact.tags = []
             else:
                 drop = set(body["tags"])
                 contact.tags = [t for t in contact.tags if t not in drop]
@@ -173,7 +190,8 @@ def merge_tags(contact: Contact, tags: list[str]) -> None:
 
 
 def _resolve_status(
-    ident: dict, channel: str, v3: bool, is_new: bool, now: str, stored: str | None, stored_date: str | None
+    ident: dict, channel: str, v3: bool, is_new: bool, now: str, stored: str | None, stored_date: str | None,
+    older_overrides: bool = False,
 ) -> tuple[str | None, str | None]:
     """New (status, date) for one channel, or (None, None) to leave it unchanged. Rules: reference §2.2/§7."""
     entry = (ident.get("channels") or {}).get(channel)
@@ -187,7 +205,7 @@ def _resolve_status(
     if is_new or stored is None or stored_date is None:
         return status, stamp
     new_ts, old_ts = parse_ts(stamp), parse_ts(stored_date)
-    if old_ts is None:
+    if old_ts is None or older_overrides:
         return status, stamp
     if v3 and new_ts <= old_ts:
         return None, None  # v3: last write by statusDate wins; older or equal changes nothing

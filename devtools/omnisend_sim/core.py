@@ -94,7 +94,7 @@ class SimCore:
         self._clear()
 
     def _clear(self) -> None:
-        self.contacts = ContactStore()
+        self.contacts = ContactStore(self.config)
         self.batches = BatchStore()
         self.fixed = FixedWindow()
         self.sliding = SlidingWindow()

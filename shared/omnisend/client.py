@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import requests
 
-from shared.errors import AuthRejected, RetryLater
+from shared.errors import AuthRejected, ConfigError, RetryLater
 from shared.omnisend.breaker import BREAKER_PROBE_SECONDS, CircuitBreaker
 from shared.omnisend.errors import (
     BaseUrlNotFound,
@@ -342,6 +342,39 @@ class OmnisendClient:
         resp = self._request("GET", path, params={"endpoint": "contacts", "limit": 1})
         if resp.status_code >= 300:
             raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
+
+    def add_tags(self, emails: Sequence[str], tags: Sequence[str]) -> None:
+        """Add ``tags`` to the contacts with ``emails`` (POST /contacts/tags, documented as additive; API
+        2026-03-15 only). Asynchronous at Omnisend (202); same chunking and pacing as ``untag``."""
+        if self.api_version != API_2026:
+            raise ConfigError(f"tagsVia 'tagsEndpoint' needs OMNISEND_API_VERSION=2026-03-15; API {self.api_version} "
+                              "has no /contacts/tags endpoint (use tagsVia 'upsert')")
+        path = "/contacts/tags"
+        for t in range(0, len(tags), UNTAG_MAX_TAGS):
+            for e in range(0, len(emails), UNTAG_MAX_EMAILS):
+                body = encode_json({"tags": list(tags[t : t + UNTAG_MAX_TAGS]),
+                                    "emails": list(emails[e : e + UNTAG_MAX_EMAILS])})
+                resp = self._request("POST", path, body=body, tags_endpoint=True)
+                if resp.status_code >= 300:
+                    raise self._unexpected("POST", path, resp.status_code, self._problem(resp))
+
+    def post_contact(self, body: dict) -> dict:
+        """POST /contacts (one upsert); returns Omnisend's answer (2026: the contact as stored; v3: at least
+        ``{email, contactID}``). Used by the consent probe (shared/probe.py), not by exports."""
+        resp = self._request("POST", "/contacts", body=encode_json(body))
+        data = _json(resp)
+        if resp.status_code >= 300:
+            raise self._unexpected("POST", "/contacts", resp.status_code, self._problem(resp))
+        return data if isinstance(data, dict) else {}
+
+    def find_contact(self, email: str) -> dict | None:
+        """GET /contacts?email=: the contact as Omnisend holds it, or None."""
+        resp = self._request("GET", "/contacts", params={"email": email})
+        data = _json(resp)
+        if resp.status_code >= 300 or not isinstance(data, dict):
+            raise self._unexpected("GET", "/contacts", resp.status_code, self._problem(resp))
+        contacts = data.get("contacts") or []
+        return contacts[0] if contacts else None
 
     def close(self) -> None:
         if self._own_session:

@@ -64,7 +64,7 @@ def build_contact_payload(contact: Contact, export: ExportDefinition, api_versio
     payload: dict = {"identifiers": [email_id, phone_id] if phone_id is not None else [email_id]}
     if contact.fields:
         payload.update(contact.fields)
-    if export.tags:
+    if export.tags and export.tags_via == "upsert":
         payload["tags"] = list(export.tags)
     if contact.custom_properties:
         payload["customProperties"] = dict(contact.custom_properties)

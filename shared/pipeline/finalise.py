@@ -35,6 +35,7 @@ from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
 from shared.pipeline.start import is_superseded, read_started, release_active
+from shared.retention import delete_payloads
 from shared.runs import (
     RunPaths,
     check_accounting,
@@ -98,6 +99,7 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
     existing = read_json(ctx.state_store, RUNS, paths.report)
     if existing is not None:
         release_active(ctx, export.name, run_id)  # the finaliser may have died right after writing the report
+        delete_payloads(ctx.state_store, paths)  # finishes a deletion a crash interrupted (no-op once done)
         return existing
     if is_superseded(ctx, export.name, run_id):
         return None  # superseded runs never untag nor commit the state
@@ -107,6 +109,7 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
     if manifest.get("guard"):  # the mapping guard stopped it at planning: no batch, no untag, no state change
         report = _finalise_guarded(ctx, export, run_id, paths, manifest, read_started(ctx, export.name, run_id))
         release_active(ctx, export.name, run_id)
+        delete_payloads(ctx.state_store, paths)
         return report
     if sum(1 for _ in ctx.state_store.list(RUNS, paths.results_prefix)) < manifest["batches"]:
         return None
@@ -129,7 +132,10 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
                 queue_chunks(pending)
                 ctx.state_store.write(RUNS, queued, dumps({"chunks": len(pending), "at": _now_iso(ctx.clock)}))
             return None
-    return _complete(ctx, export, run_id, paths, manifest, summary, take_over)
+    report = _complete(ctx, export, run_id, paths, manifest, summary, take_over)
+    # The report is written: the payloads are no longer needed (personal data kept minimal, shared/retention.py).
+    delete_payloads(ctx.state_store, paths)
+    return report
 
 
 def _claim(ctx: Context, prefix: str, take_over: bool) -> leases.Lease:
@@ -266,6 +272,16 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
     elif unsupported:
         message = (f"API v3 has no untag endpoint: {unsupported} leavers keep the tag(s) {', '.join(export.tags)} "
                    "in Omnisend; they are counted as leavers only")
+
+    if export.tags and export.tags_via == "tagsEndpoint" and not summary["stale"]:
+        # Tags applied with POST /contacts/tags, not in the upsert (the probe found upsert tags replacing). Before the
+        # state is saved: if this fails (RetryLater), finalise is retried and nothing has advanced; adding a tag
+        # twice on a redo leaves it added.
+        failed_emails = {row["email"] for row in counts.failed_rows}
+        changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
+        before = ctx.client.thread_requests
+        ctx.client.add_tags([e for e, _, _ in changes if e not in failed_emails], list(export.tags))
+        requests += ctx.client.thread_requests - before
 
     state_bytes = 0
     committed = False

@@ -31,6 +31,7 @@ from shared.errors import FailRun
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.leases import chain_append, chain_latest
 from shared.pipeline.context import RUNS, Context, RunOptions, StartedRun, _now_iso, _snapshot_to_json, log
+from shared.probe import ensure_assumptions
 from shared.runs import (
     RunPaths,
     derive_run_id,
@@ -62,6 +63,7 @@ def start_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> St
     """Pick or create the run this start means (see the module docstring). Safe to call twice at once: every
     decision is committed with create-if-absent, and the loser of a race re-reads and decides again."""
     ensure_runnable(export)
+    ensure_assumptions(ctx.state_store, export, ctx.api_version)  # the consent probe's verdicts (shared/probe.py)
     snapshot = discover_snapshot(ctx.source_store, export.source)
     for _ in range(START_ATTEMPTS):
         started = _try_start(ctx, export, options, snapshot)

@@ -252,6 +252,7 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
         "export_timer", "start_export_run", "get_export_run", "list_exports", "health_check",
         "plan_stage", "send_stage", "verify_stage", "finalise_stage",
         "plan_poison", "send_poison", "verify_poison", "finalise_poison",
+        "forget_people",
     }
     queue_names = {b["queueName"] for fn in functions.values() for b in fn if b["type"] == "queueTrigger"}
     assert queue_names == set(ALL_QUEUES)
@@ -262,6 +263,8 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
     http = [b for fn in ("start_export_run", "get_export_run", "list_exports", "health_check") for b in functions[fn]
             if b["type"] == "httpTrigger"]
     assert {b["authLevel"] for b in http} == {"FUNCTION"}
+    [forget] = [b for b in functions["forget_people"] if b["type"] == "httpTrigger"]
+    assert forget["authLevel"] == "ADMIN"  # erasure touches every export's data: the host (admin) key only
 
 
 class SwitchableKey:
