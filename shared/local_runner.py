@@ -144,7 +144,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
 def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:
     for round_no in range(1, SEND_ROUNDS + 1):
         try:
-            return pipeline.send_batch(ctx, export, run_id, n)
+            return pipeline.send_batch(ctx, export, run_id, n, sole_sender=True)  # one process per run
         except RetryLater as exc:
             if round_no == SEND_ROUNDS:
                 pipeline.record_batch_failure(ctx, export, run_id, n, f"Omnisend kept failing: {exc}")

@@ -9,7 +9,7 @@ and re-runs after a crash are safe. One module per stage; this package re-export
 from shared.pipeline.context import Context, RunOptions, StartedRun
 from shared.pipeline.finalise import finalise
 from shared.pipeline.plan import _BatchWriter, _key_of, dry_run, plan
-from shared.pipeline.send import record_batch_failure, send_batch
+from shared.pipeline.send import record_batch_failure, record_batch_unconfirmed, send_batch
 from shared.pipeline.start import fail_run, read_started, start_run
 from shared.pipeline.status import list_runs, run_status
 from shared.pipeline.verify import VerifyOutcome, _run_listing, verify
@@ -29,6 +29,7 @@ __all__ = [
     "plan",
     "read_started",
     "record_batch_failure",
+    "record_batch_unconfirmed",
     "run_status",
     "send_batch",
     "start_run",

@@ -58,12 +58,14 @@ def _finalise_claimed(
     sent = 0
     requests = 0
     failed_rows: list[dict[str, Any]] = []
+    unconfirmed_rows: list[dict[str, Any]] = []
     for obj in results_list:
         result = json.loads(ctx.state_store.read(RUNS, obj.name))
         sent += result["sent"]
-        requests += result["requests"]
         failed_rows.extend(result["failed"])
-    for obj in ctx.state_store.list(RUNS, f"{paths.root}/polls/"):
+        unconfirmed_rows.extend(result.get("unconfirmed") or [])
+    # Every send/verify invocation recorded its own request count (shared/pipeline/send.py record_requests).
+    for obj in ctx.state_store.list(RUNS, f"{paths.root}/requests/"):
         requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
 
     # New membership state: unchanged contacts keep their fingerprint; sent ones get the new one; failed ones
@@ -75,7 +77,8 @@ def _finalise_claimed(
     planned_set = set(planned)
     del planned
     changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
-    failed_emails = {row["email"] for row in failed_rows}
+    # Unconfirmed contacts stay out of the state too: the next run sends them again.
+    failed_emails = {row["email"] for row in failed_rows} | {row["email"] for row in unconfirmed_rows}
     changed_emails = {email for email, _, _ in changes}
     entries: list[tuple[str, int]] = [(e, fp) for e, fp, _ in changes if e not in failed_emails]
     leaver_emails: list[str] = []
@@ -88,7 +91,7 @@ def _finalise_claimed(
             leaver_emails.append(email)
 
     status = "failed" if failed_rows and sent == 0 and manifest["toSend"] > 0 else (
-        "partial" if failed_rows else "succeeded"
+        "partial" if failed_rows or unconfirmed_rows else "succeeded"
     )
     message = ""
     untagged = 0
@@ -126,7 +129,9 @@ def _finalise_claimed(
 
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
     failed_csv = rejected_csv([{**row, "bucket": "failed", "reason": "Omnisend refused the contact"}
-                               for row in failed_rows]).decode("utf-8")
+                               for row in failed_rows]
+                              + [{**row, "bucket": "unconfirmed", "reason": row.get("omnisendMessage") or "",
+                                  "omnisendMessage": ""} for row in unconfirmed_rows]).decode("utf-8")
     body = plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])
     ctx.state_store.write(RUNS, paths.rejected, body.encode("utf-8"))
 
@@ -145,6 +150,7 @@ def _finalise_claimed(
         "unchanged": manifest["unchanged"],
         "sent": sent,
         "failed": len(failed_rows),
+        "unconfirmed": len(unconfirmed_rows),
         "leavers": len(leaver_emails),
         "untagged": untagged,
         "batches": manifest["batches"],
