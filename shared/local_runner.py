@@ -128,7 +128,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                     log.warning("poll failed (%d in a row): %s", failed_polls, exc)
                     if failed_polls >= VERIFY_GIVE_UP_ROUNDS:
                         for n in sorted(pending):
-                            pipeline.record_batch_failure(ctx, export, run_id, n, f"could not confirm: {exc}")
+                            pipeline.record_batch_unconfirmed(ctx, export, run_id, n, f"could not confirm: {exc}")
                             done.add(n)
                         pending.clear()
                     continue

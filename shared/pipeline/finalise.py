@@ -62,9 +62,10 @@ def _finalise_claimed(
     for obj in results_list:
         result = json.loads(ctx.state_store.read(RUNS, obj.name))
         sent += result["sent"]
+        requests += result.get("requests", 0)
         failed_rows.extend(result["failed"])
         unconfirmed_rows.extend(result.get("unconfirmed") or [])
-    # Every send/verify invocation recorded its own request count (shared/pipeline/send.py record_requests).
+    # Requests not in a result: polls, twins' and failed invocations (shared/pipeline/send.py RequestTally).
     for obj in ctx.state_store.list(RUNS, f"{paths.root}/requests/"):
         requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
 

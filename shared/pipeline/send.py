@@ -55,17 +55,42 @@ def _attempts(ctx: Context, paths: RunPaths, n: int) -> int:
     return sum(1 for _ in ctx.state_store.list(RUNS, paths.sent_prefix(n)))
 
 
-def _requests_delta(ctx: Context, before: int) -> int:
-    """Requests this thread made since ``before`` (a value of ``client.thread_requests``)."""
-    return ctx.client.thread_requests - before
-
-
 def record_requests(ctx: Context, paths: RunPaths, stage: str, requests: int) -> None:
-    """Persist what one invocation cost, in a file of its own (created once, never overwritten), so the report's
-    ``requests`` counts every request made for the run: retries, twins' POSTs, invocations that raised."""
+    """Persist requests of one invocation in a file of its own (created once, never overwritten)."""
     if requests > 0:
         name = f"{paths.root}/requests/{stage}-{uuid.uuid4().hex}.json"
         ctx.state_store.create(RUNS, name, dumps({"stage": stage, "requests": requests}))
+
+
+class RequestTally:
+    """Every request one invocation makes is counted exactly once in the run's report: in a record it creates (a sent
+    marker, which the batch's result sums; a result) when there is one, else in a requests/ file written at the end,
+    also when the invocation raises. So the common path adds no file, and retries, twins' POSTs and failed
+    invocations are still counted."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.before = ctx.client.thread_requests
+        self.covered = 0
+
+    def take(self) -> int:
+        """Requests made so far and not yet covered, now counted as covered (put them in the record being made)."""
+        n = self.ctx.client.thread_requests - self.before - self.covered
+        self.covered += n
+        return n
+
+    def give_back(self, n: int) -> None:
+        """The record that was to hold ``n`` requests was not created (it existed): count them elsewhere."""
+        self.covered -= n
+
+    def record(self, paths: RunPaths, stage: str) -> None:
+        record_requests(self.ctx, paths, stage, self.take())
+
+
+def marker_requests(ctx: Context, paths: RunPaths, n: int) -> int:
+    """Requests recorded in batch n's sent markers: what its POSTs cost, summed into its result."""
+    return sum((read_json(ctx.state_store, RUNS, o.name) or {}).get("requests", 0)
+               for o in ctx.state_store.list(RUNS, paths.sent_prefix(n)))
 
 
 @dataclass(frozen=True)
@@ -125,10 +150,9 @@ def send_batch(ctx: Context, export: str, run_id: str, n: int, *, sole_sender: b
         return "claimed-elsewhere"
     if _already_sent(ctx, paths, n):  # the holder we replaced finished just before we claimed
         return "already-sent"
-    client = ctx.client
-    before = client.thread_requests
+    tally = RequestTally(ctx)
     try:
-        return _send_claimed(ctx, paths, n, batch, claim)
+        return _send_claimed(ctx, paths, n, batch, claim, tally)
     except BaseException:
         # The POST did not succeed (or its answer was lost): give the claim back so the retry of this message
         # need not wait for it to expire. A POST whose answer was lost may have been applied; the retry re-applies
@@ -136,14 +160,15 @@ def send_batch(ctx: Context, export: str, run_id: str, n: int, *, sole_sender: b
         ctx.state_store.delete(RUNS, claim_path(paths, n, claim.generation))
         raise
     finally:
-        record_requests(ctx, paths, "send", _requests_delta(ctx, before))
+        tally.record(paths, "send")
 
 
 def _already_sent(ctx: Context, paths: RunPaths, n: int) -> bool:
     return ctx.state_store.exists(RUNS, paths.result(n)) or ctx.state_store.exists(RUNS, paths.sent(n, 0))
 
 
-def _send_claimed(ctx: Context, paths: RunPaths, n: int, batch: dict[str, Any], claim: Claim) -> str:
+def _send_claimed(ctx: Context, paths: RunPaths, n: int, batch: dict[str, Any], claim: Claim,
+                  tally: RequestTally) -> str:
     export, run_id = paths.export, paths.run_id
     client = ctx.client
     t0 = time.perf_counter()
@@ -162,14 +187,18 @@ def _send_claimed(ctx: Context, paths: RunPaths, n: int, batch: dict[str, Any], 
             batch_id = client.create_batch(batch["items"])
         except BatchRejected as exc:
             failures = [_failed_row(row, exc.status, str(exc)) for row in batch["rows"]]
-            _write_result(ctx, paths, n, sent=0, failed=failures, attempts=1)
+            taken = tally.take()
+            if not _write_result(ctx, paths, n, sent=0, failed=failures, attempts=1, requests=taken):
+                tally.give_back(taken)
             log.warning("send export=%s runId=%s batch=%d rejected status=%s", export, run_id, n, exc.status)
             return "rejected"
     marker = {"batchId": batch_id, "items": len(batch["items"]), "submittedAt": _now_iso(ctx.clock),
               "submittedAtEpoch": ctx.clock()}
     if adopted is not None:
         marker["adopted"] = True
-    ctx.state_store.create(RUNS, paths.sent(n, 0), dumps(marker))
+    marker["requests"] = tally.take()
+    if not ctx.state_store.create(RUNS, paths.sent(n, 0), dumps(marker)):
+        tally.give_back(marker["requests"])
     log.info(
         "send export=%s runId=%s batch=%d items=%d omnisendBatch=%s seconds=%.2f",
         export, run_id, n, len(batch["items"]), batch_id, time.perf_counter() - t0,
@@ -202,10 +231,12 @@ def _failed_row(row: list[Any], status: int | None, message: str) -> dict[str, A
 
 def _write_result(
     ctx: Context, paths: RunPaths, n: int, *, sent: int, failed: list[dict[str, Any]], attempts: int,
-    unconfirmed: list[dict[str, Any]] | None = None,
+    unconfirmed: list[dict[str, Any]] | None = None, requests: int = 0,
 ) -> bool:
-    """Write batch n's result once. Requests are not in it: each invocation records its own (record_requests)."""
-    result = {"batch": n, "sent": sent, "failed": failed, "unconfirmed": unconfirmed or [], "attempts": attempts}
+    """Write batch n's result once, with the requests its sent markers recorded (plus ``requests``)."""
+    requests += marker_requests(ctx, paths, n)
+    result = {"batch": n, "sent": sent, "failed": failed, "unconfirmed": unconfirmed or [], "attempts": attempts,
+              "requests": requests}
     return ctx.state_store.create(RUNS, paths.result(n), dumps(result))
 
 

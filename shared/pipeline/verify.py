@@ -16,7 +16,7 @@ from shared.errors import FailRun
 from shared.omnisend.client import MISSING_STATUS, BatchItems, ItemFailure
 from shared.omnisend.errors import BatchRejected
 from shared.pipeline.context import RUNS, Context, _now_iso, log
-from shared.pipeline.send import _failed_row, _load_batch, _write_result, record_requests
+from shared.pipeline.send import RequestTally, _failed_row, _load_batch, _write_result
 from shared.runs import (
     RunPaths,
     dumps,
@@ -58,15 +58,15 @@ def verify(ctx: Context, export: str, run_id: str, batches: list[int] | None = N
     report errors, re-submit retryable item failures, and write each batch's result exactly once. A batch still
     unfinished ``confirm_within`` seconds after its latest submission is settled as unconfirmed."""
     paths = RunPaths(export, run_id)
-    before = ctx.client.thread_requests
+    tally = RequestTally(ctx)
     try:
-        return _verify(ctx, export, run_id, paths, batches, confirm_within)
+        return _verify(ctx, export, run_id, paths, batches, confirm_within, tally)
     finally:
-        record_requests(ctx, paths, "verify", ctx.client.thread_requests - before)
+        tally.record(paths, "verify")
 
 
 def _verify(ctx: Context, export: str, run_id: str, paths: RunPaths, batches: list[int] | None,
-            confirm_within: float) -> VerifyOutcome:
+            confirm_within: float, tally: RequestTally) -> VerifyOutcome:
     manifest = read_json(ctx.state_store, RUNS, paths.manifest)
     if manifest is None:
         raise FailRun(f"run {run_id} of {export!r} has no manifest yet: plan it first")
@@ -96,12 +96,12 @@ def _verify(ctx: Context, export: str, run_id: str, paths: RunPaths, batches: li
         if status is None or status.status in ("pending", "inProgress"):
             submitted = marker.get("submittedAtEpoch")
             if submitted is not None and ctx.clock() - float(submitted) > confirm_within:
-                _finish_attempt(ctx, export, run_id, paths, n, k, None, gave_up=True)
+                _finish_attempt(ctx, export, run_id, paths, n, k, None, tally, gave_up=True)
                 outcome.done.append(n)
             else:
                 outcome.pending.append(n)
             continue
-        finished = _finish_attempt(ctx, export, run_id, paths, n, k, status)
+        finished = _finish_attempt(ctx, export, run_id, paths, n, k, status, tally)
         (outcome.done if finished else outcome.pending).append(n)
     log.info(
         "verify export=%s runId=%s checked=%d done=%d pending=%d unsent=%d seconds=%.2f",
@@ -166,7 +166,8 @@ def _map_items(items: BatchItems, rows: list[list[Any]], state: str) -> list[Any
 
 
 def _finish_attempt(
-    ctx: Context, export: str, run_id: str, paths: RunPaths, n: int, k: int, status: Any, *, gave_up: bool = False,
+    ctx: Context, export: str, run_id: str, paths: RunPaths, n: int, k: int, status: Any, tally: RequestTally, *,
+    gave_up: bool = False,
 ) -> bool:
     """Attempt k of batch n has ended (or was given up). Record its failures; re-submit retryable ones or write the
     result."""
@@ -209,8 +210,9 @@ def _finish_attempt(
             log.warning("re-submit of batch %d refused: %s", n, exc)
         else:
             marker = {"batchId": batch_id, "items": len(items_), "emails": sorted(emails),
-                      "submittedAt": _now_iso(ctx.clock), "submittedAtEpoch": ctx.clock()}
-            ctx.state_store.create(RUNS, paths.sent(n, k + 1), dumps(marker))
+                      "submittedAt": _now_iso(ctx.clock), "submittedAtEpoch": ctx.clock(), "requests": tally.take()}
+            if not ctx.state_store.create(RUNS, paths.sent(n, k + 1), dumps(marker)):
+                tally.give_back(marker["requests"])
             log.info("verify export=%s runId=%s batch=%d resubmitted=%d attempt=%d", export, run_id, n, len(items_),
                      k + 1)
             return False
