@@ -3,8 +3,10 @@ batch is found in Omnisend and adopted instead of being POSTed again (shared/pip
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +153,30 @@ def test_a_send_that_failed_gives_its_claim_back_so_the_retry_goes_at_once(tmp_p
     sim.configure(error_5xx_rate=0.0)
 
     assert send_batch(ctx, "vip", run_id, 1) == "submitted"
+
+
+def _twin_process(root: str, base_url: str, run_id: str, batches: int, barrier, outcomes) -> None:
+    ctx = make_context(Path(root), base_url)
+    for n in range(1, batches + 1):
+        barrier.wait()
+        outcomes.put(send_batch(ctx, "vip", run_id, n))
+
+
+def test_two_processes_sending_every_batch_at_the_same_moment_post_each_once(tmp_path, sim):
+    ctx, definition, run_id, manifest = planned(tmp_path, sim)
+    mp = multiprocessing.get_context("spawn")
+    barrier, outcomes = mp.Barrier(2), mp.Queue()
+    procs = [mp.Process(target=_twin_process,
+                        args=(str(tmp_path), sim.base_url, run_id, manifest["batches"], barrier, outcomes))
+             for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    seen = [outcomes.get(timeout=5) for _ in range(2 * manifest["batches"])]
+
+    assert all(p.exitcode == 0 for p in procs)
+    assert posts(sim) == manifest["batches"] == 10
+    assert seen.count("submitted") == 10
+    verify_to_end(ctx, run_id)
+    assert finalise(ctx, definition, run_id)["sent"] == len(sim.contacts()) == 1_000
