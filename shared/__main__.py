@@ -24,7 +24,7 @@ EXIT_INTERRUPTED = 130
 EXIT_CODES_HELP = """\
 exit codes:
   0    every valid contact was delivered (or nothing had changed; also a dry run, or a snapshot already exported)
-  1    partial delivery: some contacts failed; see rejected.csv in the run folder
+  1    partial delivery: some contacts failed or are unconfirmed; see rejected.csv in the run folder
   2    configuration error: settings, export definitions, or an export that is disabled / not acknowledged
   3    the run failed for another reason (message says which); run the same command again to resume it
   4    the segment snapshot cannot be read (no model.json, unknown table, not UTF-8, no partitions, ...)
@@ -131,6 +131,8 @@ def _print_report(report: dict[str, Any]) -> None:
         f"  rows        {report['rows']:>10,}",
         f"  sent        {report['sent']:>10,}",
         f"  failed      {report['failed']:>10,}",
+        *([f"  unconfirmed {report['unconfirmed']:>10,}  (fate unknown; the next run sends them again)"]
+          if report.get("unconfirmed") else []),
         f"  rejected    {report['rejected']:>10,}",
         f"  duplicates  {report['duplicates']:>10,}",
         f"  unchanged   {report['unchanged']:>10,}",
@@ -140,7 +142,8 @@ def _print_report(report: dict[str, Any]) -> None:
     if report.get("droppedFields"):
         dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(report["droppedFields"].items()))
         lines.append(f"  optional fields dropped as invalid: {dropped}")
-    if report.get("rejectedCsv") and (report["failed"] or report["rejected"] or report["duplicates"]):
+    if report.get("rejectedCsv") and (report["failed"] or report.get("unconfirmed") or report["rejected"]
+                                      or report["duplicates"]):
         lines.append(f"  every row not sent, and why: {report['rejectedCsv']}")
     print("\n".join(lines))
 

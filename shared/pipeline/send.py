@@ -88,9 +88,14 @@ class RequestTally:
 
 
 def marker_requests(ctx: Context, paths: RunPaths, n: int) -> int:
-    """Requests recorded in batch n's sent markers: what its POSTs cost, summed into its result."""
-    return sum((read_json(ctx.state_store, RUNS, o.name) or {}).get("requests", 0)
-               for o in ctx.state_store.list(RUNS, paths.sent_prefix(n)))
+    """Requests recorded in batch n's sent markers (attempts 0, 1, ... until one is missing): what its POSTs cost,
+    summed into its result. Read one by one rather than listed: a listing of a big run's folder per batch would
+    make a run quadratic in its batches."""
+    total, attempt = 0, 0
+    while (marker := read_json(ctx.state_store, RUNS, paths.sent(n, attempt))) is not None:
+        total += marker.get("requests", 0)
+        attempt += 1
+    return total
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,9 @@ def claim_batch(ctx: Context, paths: RunPaths, n: int, *, sole_sender: bool = Fa
     """Claim batch n for sending: create the next claim generation if the newest one expired (or none exists).
     ``sole_sender``: the caller knows no other process sends this run (the CLI, one process per run), so a claim
     left by an earlier process is taken over at once instead of after its expiry."""
+    first = _create_claim(ctx, paths, n, 0, None)
+    if first.won:  # the common case: nobody claimed it before; no listing
+        return first
     prefix = f"{paths.root}/claims/{batch_label(n)}.g"
     generations = sorted(int(o.name[len(prefix):].split(".", 1)[0]) for o in ctx.state_store.list(RUNS, prefix))
     previous = None
