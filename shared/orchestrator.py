@@ -6,7 +6,11 @@ function_app.py only decodes bindings and calls these methods. Flow:
                                               └──► export-verify (one message per group of batches, delayed)
                                                         │ VERIFY: settle finished batches, re-enqueue itself
                                                         └─► FINALISE once the last result exists
-    <queue>-poison ──► the batch (or group, or plan) is recorded as failed, so the run still finalises.
+    <queue>-poison ──► plan: the run fails; send: failed if never POSTed, else unconfirmed or left to verify;
+                       verify: checked again (bounded), then its open batches unconfirmed. The run still finalises.
+
+A send claims its batch before POSTing (shared/pipeline/send.py); a twin that finds the claim held re-queues
+itself. A verify round is claimed by a marker per (group, round), so duplicate messages never fork the chain.
 
 A 429 or other transient failure re-enqueues the message with a visibility delay instead of sleeping inside the
 function; the pacer of each instance keeps requests inside its share of the Omnisend budget.
