@@ -72,7 +72,8 @@ class Orchestrator:
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
                  send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
                  claim_recheck_delay: int = SEND_CLAIMED_RECHECK_SECONDS,
-                 verify_confirm_seconds: float = VERIFY_CONFIRM_SECONDS) -> None:
+                 verify_confirm_seconds: float = VERIFY_CONFIRM_SECONDS,
+                 unsent_give_up_seconds: float = VERIFY_UNSENT_GIVE_UP_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
@@ -80,6 +81,7 @@ class Orchestrator:
         self.send_backoff = send_backoff
         self.claim_recheck_delay = claim_recheck_delay
         self.verify_confirm_seconds = verify_confirm_seconds
+        self.unsent_give_up_seconds = unsent_give_up_seconds
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -246,7 +248,7 @@ class Orchestrator:
             for n in outcome.unsent:
                 pipeline.record_batch_unconfirmed(
                     self.ctx, export, run_id, n,
-                    f"its send message did not run within {VERIFY_UNSENT_GIVE_UP_SECONDS // 3600} hours")
+                    f"its send message did not run within {self.unsent_give_up_seconds / 3600:g} hours")
         elif outcome.pending or outcome.unsent:
             # Batches are settled only by what happened to them (verify counts each one's time from its own
             # submission); unsent ones wait for their send messages, which are bounded on their own.
@@ -257,7 +259,7 @@ class Orchestrator:
 
     def _unsent_too_long(self, paths: RunPaths) -> bool:
         started = read_json(self.ctx.state_store, names.RUNS_CONTAINER, paths.started) or {}
-        return self.ctx.clock() - started.get("startedAtEpoch", self.ctx.clock()) > VERIFY_UNSENT_GIVE_UP_SECONDS
+        return self.ctx.clock() - started.get("startedAtEpoch", self.ctx.clock()) > self.unsent_give_up_seconds
 
     @staticmethod
     def _round_marker(paths: RunPaths, first: int, rounds: int) -> str:

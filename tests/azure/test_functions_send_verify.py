@@ -123,6 +123,8 @@ def test_a_verify_limit_reached_while_batches_are_still_queued_marks_none_failed
     orchestrator = function_app._orchestrator
     clock = ScaledClock()
     orchestrator.ctx.clock = clock
+    # Only the one-hour limit is under test: keep the 24-hour unsent backstop out of reach of a slow machine.
+    orchestrator.unsent_give_up_seconds = 1e9
     # Sends wait 4 real s = 66 scaled minutes in the queue: past the old one-hour limit counted from planning.
     orchestrator.queues = HeldBackSends(StageQueues.from_connection_string(azurite), hold=4)
     run_id = json.loads(flow.start().get_body())["runId"]
@@ -211,3 +213,26 @@ def test_a_batch_omnisend_forgot_is_sent_again_in_functions_too(make_flow):
     report = report_of(flow, run_id)
     assert report["status"] == "succeeded" and report["sent"] == len(flow.sim.contacts()) == 1_000
     assert flow.posts() == 20
+
+
+class LostSends(HeldBackSends):
+    """Queues that lose every send message (a fake at the queue boundary): nothing is ever submitted."""
+
+    def send(self, queue_name, message, delay_seconds: int = 0) -> str:
+        if queue_name == names.SEND_QUEUE:
+            return "lost"
+        return super().send(queue_name, message, delay_seconds)
+
+
+def test_batches_whose_send_messages_never_ran_end_unconfirmed_not_failed(make_flow, azurite):
+    flow = make_flow()
+    orchestrator = function_app._orchestrator
+    orchestrator.queues = LostSends(StageQueues.from_connection_string(azurite), hold=0)
+    orchestrator.unsent_give_up_seconds = 2  # 24 hours in production
+    run_id = json.loads(flow.start().get_body())["runId"]
+
+    flow.run_to_end()
+
+    report = report_of(flow, run_id)
+    assert flow.posts() == 0
+    assert report["unconfirmed"] == 1_000 and report["failed"] == 0 and report["status"] == "partial"
