@@ -13,6 +13,7 @@ import pytest
 import function_app
 from shared import names
 from shared.app import build_orchestrator
+from shared.pipeline.send import claim_batch
 from shared.queues import StageMessage, StageQueues
 from shared.runs import RunPaths
 from shared.secrets import StaticKeyProvider
@@ -236,3 +237,25 @@ def test_batches_whose_send_messages_never_ran_end_unconfirmed_not_failed(make_f
     report = report_of(flow, run_id)
     assert flow.posts() == 0
     assert report["unconfirmed"] == 1_000 and report["failed"] == 0 and report["status"] == "partial"
+
+
+def test_a_poisoned_send_is_failed_only_if_it_was_never_posted(make_flow):
+    flow = make_flow()
+    orchestrator = function_app._orchestrator
+    store = orchestrator.ctx.state_store
+    run_id = json.loads(flow.start().get_body())["runId"]
+    orchestrator.on_plan(StageMessage(flow.export, run_id))
+    paths = RunPaths(flow.export, run_id)
+    claim_batch(orchestrator.ctx, paths, 1)  # batch 1: claimed, then its instance died (it may have POSTed)
+    orchestrator.on_send(StageMessage(flow.export, run_id, 2))  # batch 2: submitted
+    poison = names.SEND_QUEUE + names.POISON_SUFFIX
+
+    outcomes = [orchestrator.on_poison(poison, json.dumps(StageMessage(flow.export, run_id, n).to_dict()))
+                for n in (1, 2, 3)]
+
+    assert outcomes == ["recorded", "left-to-verify", "recorded"]
+    one = json.loads(store.read(names.RUNS_CONTAINER, paths.result(1)))
+    three = json.loads(store.read(names.RUNS_CONTAINER, paths.result(3)))
+    assert len(one["unconfirmed"]) == 100 and one["failed"] == []
+    assert len(three["failed"]) == 100 and three["unconfirmed"] == []
+    assert not store.exists(names.RUNS_CONTAINER, paths.result(2))
