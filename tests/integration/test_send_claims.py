@@ -15,7 +15,7 @@ from shared.errors import RetryLater
 from shared.pipeline import RunOptions, finalise, plan, send_batch, start_run, verify
 from shared.pipeline.send import SEND_CLAIM_SECONDS, claim_path
 from shared.runs import RunPaths, dumps, read_json
-from tests.integration.exporting import load_export, make_context, write_segment
+from tests.integration.exporting import export, load_export, make_context, write_segment
 
 RUNS = names.RUNS_CONTAINER
 
@@ -180,3 +180,16 @@ def test_two_processes_sending_every_batch_at_the_same_moment_post_each_once(tmp
     assert seen.count("submitted") == 10
     verify_to_end(ctx, run_id)
     assert finalise(ctx, definition, run_id)["sent"] == len(sim.contacts()) == 1_000
+
+
+def test_the_cli_resuming_after_a_crash_adopts_the_batch_its_dead_process_posted(tmp_path, sim):
+    ctx, definition, run_id, _ = planned(tmp_path, sim)
+    dead_holder_claim(ctx, run_id, 1, age_seconds=1)  # claimed a second ago by the process that crashed
+    batch = read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).batch(1))
+    ctx.client.create_batch(batch["items"])  # its POST went through; its marker was never written
+    time.sleep(0.1)
+
+    report = export(make_context(tmp_path, sim.base_url), definition)  # the same command again: resumes
+
+    assert report["runId"] == run_id and report["sent"] == len(sim.contacts()) == 1_000
+    assert posts(sim) == 10  # batch 1 adopted, not POSTed again
