@@ -32,7 +32,7 @@ EXIT_CODES_HELP = """\
 exit codes:
   0    every valid contact was delivered (or nothing had changed; also a dry run)
        a snapshot already exported exits with the code of the run that exported it (0, 1 or 6)
-  1    partial delivery: some contacts failed; see rejected.csv in the run folder
+  1    partial delivery: some contacts failed or are unconfirmed; see rejected.csv in the run folder
   2    configuration error: settings, export definitions, or an export that is disabled / not acknowledged
   3    the run failed for another reason (message says which); run the same command again to resume it
   4    the segment snapshot cannot be read (no model.json, unknown table, not UTF-8, no partitions, ...)

@@ -261,7 +261,7 @@ def _send_and_verify(ctx, export: str, run_id: str, total: int, progress: Progre
                     log.warning("poll failed (%d in a row): %s", failed_polls, exc)
                     if failed_polls >= VERIFY_GIVE_UP_ROUNDS:
                         for n in sorted(pending):
-                            pipeline.record_batch_failure(ctx, export, run_id, n, f"could not confirm: {exc}")
+                            pipeline.record_batch_unconfirmed(ctx, export, run_id, n, f"could not confirm: {exc}")
                             done.add(n)
                             failed.add(n)
                         pending.clear()
@@ -337,7 +337,7 @@ def _say(progress: Progress, text: str) -> None:
 def _send_one(ctx, export: str, run_id: str, n: int, sleep) -> str:
     for round_no in range(1, SEND_ROUNDS + 1):
         try:
-            return pipeline.send_batch(ctx, export, run_id, n)
+            return pipeline.send_batch(ctx, export, run_id, n, sole_sender=True)  # one process per run
         except RetryLater as exc:
             if round_no == SEND_ROUNDS:
                 pipeline.record_batch_failure(ctx, export, run_id, n, f"Omnisend kept failing: {exc}")

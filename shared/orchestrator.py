@@ -8,7 +8,12 @@ function_app.py only decodes bindings and calls these methods. Flow:
                                                         └─► FINALISE once the last result exists: prepare,
                                                             then export-finalise (one message per untag chunk)
                                                             ──► UNTAG chunk ──► the last one completes the run
-    <queue>-poison ──► the batch (or group, or plan) is recorded as failed, so the run still finalises.
+    <queue>-poison ──► plan: the run fails; send: failed if never POSTed, else unconfirmed or left to verify;
+                       verify: checked again (bounded), then its open batches unconfirmed; finalise: an untag
+                       chunk's leavers stay in the state. The run still finalises.
+
+A send claims its batch before POSTing (shared/pipeline/send.py); a twin that finds the claim held re-queues
+itself. A verify round is claimed by a marker per (group, round), so duplicate messages never fork the chain.
 
 A 429 or other transient failure re-enqueues the message with a visibility delay instead of sleeping inside the
 function; the pacer of each instance keeps requests inside its share of the Omnisend budget.
@@ -27,9 +32,11 @@ from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
 from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
+from shared.pipeline.send import SEND_CLAIM_SECONDS, claim_exists
+from shared.pipeline.verify import VERIFY_CONFIRM_SECONDS
 from shared.preflight import preflight
 from shared.queues import MAX_DELAY_SECONDS, StageMessage
-from shared.runs import RUN_ID_RE, RunPaths, read_json
+from shared.runs import RUN_ID_RE, RunPaths, dumps, read_json
 from shared.secrets import ApiKeyUnavailable
 
 log = logging.getLogger("exporter")
@@ -39,8 +46,19 @@ log = logging.getLogger("exporter")
 VERIFY_GROUP_SIZE = 200
 # Omnisend finishes most batches within seconds; polling sooner than this mostly finds them still pending.
 VERIFY_DELAY_SECONDS = 15
-# 240 rounds × 15 s = 1 hour: batches still unconfirmed then are recorded as failed so the run can finish.
-VERIFY_MAX_ROUNDS = 240
+# A verify round is claimed by a marker (verify/<first>.r<round>.json) held this long: longer than functionTimeout,
+# so a live invocation is never overtaken; a marker left by an instance that died is taken over after it.
+VERIFY_ROUND_LEASE_SECONDS = SEND_CLAIM_SECONDS
+# A verify group whose message keeps crashing (poison) is checked again this many times, each after this many
+# verify delays, before its open batches are recorded unconfirmed.
+VERIFY_POISON_RESCHEDULES = 2
+VERIFY_POISON_DELAY_ROUNDS = 4
+# Batches still unsent this long after the run started (their send messages lost, say) are recorded unconfirmed
+# so the run can finish; sends are otherwise bounded by SEND_MAX_REQUEUES and the poison queue.
+VERIFY_UNSENT_GIVE_UP_SECONDS = 24 * 3600
+# A send whose batch another delivery holds (a twin) looks again after this long: by then the holder has
+# usually written the marker, and the message ends as "already-sent".
+SEND_CLAIMED_RECHECK_SECONDS = 30
 # A send that keeps meeting 429/5xx is re-enqueued with back-off this many times, then counted as failed.
 SEND_MAX_REQUEUES = 8
 SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
@@ -72,13 +90,19 @@ class Orchestrator:
     def __init__(self, ctx: pipeline.Context, queues: Queues, load_exports: Callable[[], list[ExportDefinition]],
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
                  send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
-                 preflight_retry_delay: int = PREFLIGHT_RETRY_SECONDS) -> None:
+                 preflight_retry_delay: int = PREFLIGHT_RETRY_SECONDS,
+                 claim_recheck_delay: int = SEND_CLAIMED_RECHECK_SECONDS,
+                 verify_confirm_seconds: float = VERIFY_CONFIRM_SECONDS,
+                 unsent_give_up_seconds: float = VERIFY_UNSENT_GIVE_UP_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
         self.verify_delay = verify_delay
         self.send_backoff = send_backoff
         self.preflight_retry_delay = preflight_retry_delay
+        self.claim_recheck_delay = claim_recheck_delay
+        self.verify_confirm_seconds = verify_confirm_seconds
+        self.unsent_give_up_seconds = unsent_give_up_seconds
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -260,18 +284,46 @@ class Orchestrator:
             self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
             log.warning("send export=%s runId=%s batch=%d retry in %ss: %s", export, run_id, n, int(delay), exc)
             return "requeued"
+        if outcome == "claimed-elsewhere":
+            # A twin delivery holds the batch: look again later (not an attempt: SEND_MAX_REQUEUES is untouched).
+            rechecks = int(message.extra.get("rechecks", 0)) + 1
+            again = StageMessage(export, run_id, n, message.attempt, {**message.extra, "rechecks": rechecks})
+            self.queues.send(names.SEND_QUEUE, again, delay_seconds=self.claim_recheck_delay)
         if outcome == "rejected":
             self._finalise_by_name(export, run_id)
         return outcome
 
     def on_verify(self, message: StageMessage) -> pipeline.VerifyOutcome | None:
+        """One round of checking a group of batches. Each (group, round) is claimed by a marker, so duplicate
+        deliveries never fork the polling chain: a round already done ends without a request, a round another
+        invocation holds is looked at again later."""
         export, run_id = message.export, message.run_id
         first, last = message.batch, int(message.extra["last"])
         rounds = int(message.extra.get("round", 0))
-        if self._stopped(RunPaths(export, run_id)):
+        paths = RunPaths(export, run_id)
+        if self._stopped(paths):
             return None  # stopped (bad key): starting the run again queues fresh verify messages
+        marker = self._round_marker(paths, first, rounds)
+        claim = self._claim_round(marker)
+        if claim == "done":
+            return None
+        if claim == "held":
+            self.queues.send(names.VERIFY_QUEUE, message, delay_seconds=self.verify_delay)
+            return None
         try:
-            outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)))
+            outcome = self._verify_round(message, paths, first, last, rounds)
+        except BaseException:
+            self.ctx.state_store.delete(names.RUNS_CONTAINER, marker)  # give the round back to the redelivery
+            raise
+        self.ctx.state_store.write(names.RUNS_CONTAINER, marker, dumps({"done": True}))
+        return outcome
+
+    def _verify_round(self, message: StageMessage, paths: RunPaths, first: int, last: int,
+                      rounds: int) -> pipeline.VerifyOutcome | None:
+        export, run_id = paths.export, paths.run_id
+        try:
+            outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)),
+                                      confirm_within=self.verify_confirm_seconds)
         except RetryLater as exc:
             self._requeue_verify(message, rounds, max(exc.retry_after or 0, self.verify_delay))
             return None
@@ -280,17 +332,42 @@ class Orchestrator:
             pipeline.fail_run(self.ctx, export, run_id, exc)
             log.error("verify export=%s runId=%s batches=%d-%d: %s", export, run_id, first, last, exc)
             return None
-        if outcome.pending or outcome.unsent:
-            if rounds + 1 >= VERIFY_MAX_ROUNDS:
-                for n in outcome.pending + outcome.unsent:
-                    pipeline.record_batch_failure(
-                        self.ctx, export, run_id, n,
-                        f"not confirmed by Omnisend within {VERIFY_MAX_ROUNDS * VERIFY_DELAY_SECONDS // 60} minutes")
-            else:
-                self._requeue_verify(message, rounds, self.verify_delay)
-                return outcome
+        if outcome.unsent and not outcome.pending and self._unsent_too_long(paths):
+            for n in outcome.unsent:
+                pipeline.record_batch_unconfirmed(
+                    self.ctx, export, run_id, n,
+                    f"its send message did not run within {self.unsent_give_up_seconds / 3600:g} hours")
+        elif outcome.pending or outcome.unsent:
+            # Batches are settled only by what happened to them (verify counts each one's time from its own
+            # submission); unsent ones wait for their send messages, which are bounded on their own.
+            self._requeue_verify(message, rounds, self.verify_delay)
+            return outcome
         self._finalise_by_name(export, run_id)
         return outcome
+
+    def _unsent_too_long(self, paths: RunPaths) -> bool:
+        started = read_json(self.ctx.state_store, names.RUNS_CONTAINER, paths.started) or {}
+        return self.ctx.clock() - started.get("startedAtEpoch", self.ctx.clock()) > self.unsent_give_up_seconds
+
+    @staticmethod
+    def _round_marker(paths: RunPaths, first: int, rounds: int) -> str:
+        return f"{paths.root}/verify/{first:05d}.r{rounds}.json"
+
+    def _claim_round(self, marker: str) -> str:
+        """"mine" (go ahead), "done" (a twin finished this round) or "held" (a twin is on it)."""
+        store, now = self.ctx.state_store, self.ctx.clock()
+        body = dumps({"claimedAt": now, "expiresAt": now + VERIFY_ROUND_LEASE_SECONDS})
+        if store.create(names.RUNS_CONTAINER, marker, body):
+            return "mine"
+        held = read_json(store, names.RUNS_CONTAINER, marker)
+        if held is None:  # given back a moment ago
+            return "mine" if store.create(names.RUNS_CONTAINER, marker, body) else "held"
+        if held.get("done"):
+            return "done"
+        if held.get("expiresAt", 0) > now:
+            return "held"
+        store.write(names.RUNS_CONTAINER, marker, body)  # its holder died: take the round over
+        return "mine"
 
     def _requeue_verify(self, message: StageMessage, rounds: int, delay: float) -> None:
         again = StageMessage(message.export, message.run_id, message.batch,
@@ -298,20 +375,45 @@ class Orchestrator:
         self.queues.send(names.VERIFY_QUEUE, again, delay_seconds=int(delay))
 
     def on_poison(self, queue_name: str, body: str | bytes) -> str:
-        """A message failed maxDequeueCount times. Record it as failed so the run still finalises; never raise
-        (a poison queue has no poison queue of its own, so a raising handler would loop forever)."""
+        """A message failed maxDequeueCount times. Never raise (a poison queue has no poison queue of its own, so
+        a raising handler would loop forever). A batch is failed only by what happened to it:
+        - plan: the run fails (resumable);
+        - send: a batch never claimed was never POSTed: failed; one claimed but without a marker may have been
+          POSTed: unconfirmed; one submitted is left to verification;
+        - verify: the group is checked again (bounded), then its open batches are recorded unconfirmed."""
         try:
             message = StageMessage.parse(body)
             stage = queue_name.removesuffix(names.POISON_SUFFIX)
             reason = f"the {stage} stage failed {HOST_MAX_DEQUEUE_COUNT} times; see the function logs for the error"
+            paths = RunPaths(message.export, message.run_id)
             if stage == names.PLAN_QUEUE:
                 pipeline.fail_run(self.ctx, message.export, message.run_id, FailRun(reason))
                 return "plan-failed"
             if stage == names.SEND_QUEUE:
-                pipeline.record_batch_failure(self.ctx, message.export, message.run_id, message.batch, reason)
-            elif stage == names.VERIFY_QUEUE:
-                for n in range(message.batch, int(message.extra["last"]) + 1):
+                n = message.batch
+                if self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.sent(n, 0)):
+                    return "left-to-verify"
+                if claim_exists(self.ctx, paths, n):
+                    pipeline.record_batch_unconfirmed(self.ctx, message.export, message.run_id, n, reason)
+                else:
                     pipeline.record_batch_failure(self.ctx, message.export, message.run_id, n, reason)
+            elif stage == names.VERIFY_QUEUE:
+                poisoned = int(message.extra.get("poisoned", 0))
+                if poisoned < VERIFY_POISON_RESCHEDULES:
+                    rounds = int(message.extra.get("round", 0))
+                    again = StageMessage(message.export, message.run_id, message.batch,
+                                         extra={**message.extra, "round": rounds + 1, "poisoned": poisoned + 1})
+                    self.queues.send(names.VERIFY_QUEUE, again,
+                                     delay_seconds=self.verify_delay * VERIFY_POISON_DELAY_ROUNDS)
+                    log.warning("verify export=%s runId=%s group=%d poisoned; checking again (%d of %d)",
+                                message.export, message.run_id, message.batch, poisoned + 1,
+                                VERIFY_POISON_RESCHEDULES)
+                    return "rescheduled"
+                for n in range(message.batch, int(message.extra["last"]) + 1):
+                    pipeline.record_batch_unconfirmed(
+                        self.ctx, message.export, message.run_id, n,
+                        f"its verification failed {HOST_MAX_DEQUEUE_COUNT} times, "
+                        f"{VERIFY_POISON_RESCHEDULES + 1} rounds in a row")
             elif stage == names.FINALISE_QUEUE and message.extra.get("kind") == "untag":
                 # Its leavers stay in the state (so the next run untags them) and the report says so.
                 pipeline.record_untag_failure(self.ctx, message.export, message.run_id, message.batch, reason)

@@ -32,6 +32,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         f"  rows        {report['rows']:>10,}",
         f"  sent        {report['sent']:>10,}",
         f"  failed      {report['failed']:>10,}",
+        *([f"  unconfirmed {report['unconfirmed']:>10,}  (fate unknown; the next run sends them again)"]
+          if report.get("unconfirmed") else []),
         f"  rejected    {report['rejected']:>10,}",
         f"  duplicates  {report['duplicates']:>10,}",
         f"  unchanged   {report['unchanged']:>10,}",
@@ -41,7 +43,8 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     if report.get("droppedFields"):
         dropped = ", ".join(f"{k} {v:,}" for k, v in sorted(report["droppedFields"].items()))
         lines.append(f"  optional fields dropped as invalid: {dropped}")
-    if report.get("rejectedCsv") and (report["failed"] or report["rejected"] or report["duplicates"]):
+    if report.get("rejectedCsv") and (report["failed"] or report.get("unconfirmed") or report["rejected"]
+                                      or report["duplicates"]):
         lines.append(f"  every row not sent, and why: {report['rejectedCsv']}")
     return lines
 

@@ -11,7 +11,10 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/plan-rejected.csv   rows rejected or deduplicated while planning
     <export>/runs/<runId>/sent/<n>.a<k>.json   attempt k of batch n was submitted: Omnisend's batchID
     <export>/runs/<runId>/outcome/<n>.a<k>.json what attempt k ended with (failed items)
+    <export>/runs/<runId>/claims/<n>.g<k>.json  generation k of the send claim on batch n (expires; see send.py)
     <export>/runs/<runId>/results/<n>.json    the batch's final result, written exactly once
+    <export>/runs/<runId>/requests/<stage>-<id>.json  requests one invocation made (created once, summed in the report)
+    <export>/runs/<runId>/verify/<first>.r<round>.json  round marker of a verify group (one message per round)
     <export>/runs/<runId>/finalise/claim.<g>.json  finalisation claims: leases that expire (shared/leases.py)
     <export>/runs/<runId>/finalise/complete.<g>.json  claims of the last step (state commit, report)
     <export>/runs/<runId>/finalise/summary.json    finalisation prepared (leavers, decisions), written once
@@ -56,6 +59,7 @@ REPORT_KEYS = (
     "unchanged",
     "sent",
     "failed",
+    "unconfirmed",
     "leavers",
     "untagged",
     "requests",
@@ -168,9 +172,10 @@ def rejected_csv(rows: list[dict[str, Any]]) -> bytes:
 
 def check_accounting(report: dict[str, Any]) -> None:
     """Every row ends in exactly one bucket; a report that breaks this is a bug, so fail loudly."""
-    total = report["sent"] + report["failed"] + report["rejected"] + report["duplicates"] + report["unchanged"]
+    total = (report["sent"] + report["failed"] + report.get("unconfirmed", 0) + report["rejected"]
+             + report["duplicates"] + report["unchanged"])
     if report["rows"] != total:
         raise AssertionError(
             f"accounting broken for run {report['runId']}: rows={report['rows']} but "
-            f"sent+failed+rejected+duplicates+unchanged={total}"
+            f"sent+failed+unconfirmed+rejected+duplicates+unchanged={total}"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -10,26 +11,34 @@ from .util import IdMaker
 
 STATUSES = ("pending", "inProgress", "finished", "stopped")
 
-# (itemID, request as compact JSON text, responseCode, response): response is a dict for failures and a tuple
-# for successes, (email, contactID) on v3 or (id, email, status) on 2026.
-ItemResult = tuple[str, str, int, Any]
+# (itemID, request as compact JSON text, responseCode, response, position in the batch): response is a dict for
+# failures and a tuple for successes, (email, contactID) on v3 or (id, email, status) on 2026.
+ItemResult = tuple[str, str, int, Any, int]
+# What an /items entry says about its item (config ``batch_items_echo``): Omnisend documents the ``request`` echo;
+# "position" replaces it with the item's 0-based index, "none" leaves only the opaque itemID.
+ITEM_ECHO_MODES = ("request", "position", "none")
 
 
-def render_result(result: ItemResult) -> dict[str, Any]:
-    item_id, request, code, response = result
+def render_result(result: ItemResult, echo: str = "request") -> dict[str, Any]:
+    item_id, request, code, response, position = result
     if isinstance(response, tuple):
         if len(response) == 2:
             response = {"email": response[0], "contactID": response[1]}
         else:
             response = {"id": response[0], "email": response[1], "status": response[2]}
-    return {"itemID": item_id, "request": json.loads(request), "responseCode": code, "response": response,
-            "status": "finished"}  # fmt: skip
+    entry: dict[str, Any] = {"itemID": item_id}
+    if echo == "request":
+        entry["request"] = json.loads(request)
+    elif echo == "position":
+        entry["position"] = position
+    entry.update({"responseCode": code, "response": response, "status": "finished"})
+    return entry
 
 
 class Batch:
     __slots__ = (
-        "created", "ended", "endpoint", "errors", "errors_count", "finished_count", "id", "items", "key", "method",
-        "origin", "responses", "started", "status", "total", "version",
+        "created", "created_mono", "ended", "endpoint", "errors", "errors_count", "finished_count", "id", "items",
+        "key", "method", "origin", "polls", "responses", "started", "status", "total", "version",
     )  # fmt: skip
 
     def __init__(self, bid: str, key: str, version: str, body: dict[str, Any], now: str) -> None:
@@ -43,6 +52,8 @@ class Batch:
         self.total = len(body["items"])
         self.status = "pending"
         self.created = now
+        self.created_mono = time.monotonic()  # for batch_retention_seconds
+        self.polls = 0  # GET /batches/{id}(/items) answered, for batch_retention_polls
         self.started: str | None = None
         self.ended: str | None = None
         self.finished_count = 0
@@ -50,7 +61,7 @@ class Batch:
         self.errors: list[ItemResult] = []
         self.responses: list[ItemResult] = []
 
-    def render(self, with_items: bool = False) -> dict[str, Any]:
+    def render(self, with_items: bool = False, echo: str = "request") -> dict[str, Any]:
         body: dict[str, Any] = {
             "batchID": self.id,
             "method": self.method,
@@ -66,8 +77,8 @@ class Batch:
         if self.version != "v3":
             body["origin"] = self.origin
         if with_items:
-            body["errors"] = [render_result(r) for r in self.errors]
-            body["responses"] = [render_result(r) for r in self.responses]
+            body["errors"] = [render_result(r, echo) for r in self.errors]
+            body["responses"] = [render_result(r, echo) for r in self.responses]
         return body
 
 
@@ -78,6 +89,7 @@ class BatchStore:
         self.by_status: Counter[str] = Counter()
         self._ids = IdMaker()
         self.item_ids = IdMaker()
+        self.forgotten = 0
 
     def create(self, key: str, version: str, body: dict[str, Any], now: str) -> Batch:
         batch = Batch(self._ids.new(), key, version, body, now)
@@ -85,6 +97,18 @@ class BatchStore:
         self._by_key.setdefault((key, batch.endpoint), []).append(batch)
         self.by_status["pending"] += 1
         return batch
+
+    def forget(self, batch: Batch) -> None:
+        """Omnisend deleted the batch (retention): 404 from now on, gone from the list. Its items still apply."""
+        if self.by_id.pop(batch.id, None) is not None:
+            self._by_key[(batch.key, batch.endpoint)].remove(batch)
+            self.forgotten += 1
+
+    def expire(self, retention_seconds: float | None, now: float) -> None:
+        if retention_seconds is None:
+            return
+        for batch in [b for b in self.by_id.values() if now - b.created_mono >= retention_seconds]:
+            self.forget(batch)
 
     def set_status(self, batch: Batch, status: str) -> None:
         self.by_status[batch.status] -= 1

@@ -62,6 +62,13 @@ class SimConfig:
     older_status_date_overrides: bool = False  # both: a status with an older date replaces a newer one
     upsert_tags_replace: bool = False  # both: tags in a contact upsert replace the contact's tags
     untag_removes_all: bool = False  # 2026: DELETE /contacts/tags removes every tag of the contact
+    # Omnisend deletes batches after 7 days (reference §3.3); these bring that forward so a test can meet a batch
+    # answered 404: once this many seconds passed since its creation, or once it was read this many times by id.
+    batch_retention_seconds: float | None = None
+    batch_retention_polls: int | None = None
+    # What each /items entry carries besides itemID: "request" (the documented echo), "position" (0-based index in
+    # the batch instead), "none" (itemID only). Omnisend's docs are silent on entries without the echo.
+    batch_items_echo: str = "request"
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
@@ -97,6 +104,8 @@ def apply_updates(config: SimConfig, updates: dict[str, Any], *, running: bool) 
             value = float(value)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be within 0..1")
+        elif name == "batch_items_echo" and value not in ("request", "position", "none"):
+            raise ValueError("batch_items_echo must be request, position or none")
         elif name == "host" and value not in LOOPBACK_HOSTS:
             raise ValueError("the simulator only binds loopback addresses")
         setattr(config, name, value)

@@ -136,7 +136,8 @@ class SimCore:
             stats["responses_by_status"] = {str(k): v for k, v in stats["responses_by_status"].items()}
             stats["welcome_messages"] = self.contacts.welcome_messages
             stats["batches_by_status"] = {s: self.batches.by_status[s] for s in BATCH_STATUSES}
-            stats["batches_total"] = len(self.batches.by_id)
+            stats["batches_total"] = len(self.batches.by_id) + self.batches.forgotten
+            stats["batches_forgotten"] = self.batches.forgotten
             stats["contacts_total"] = len(self.contacts.by_email)
             stats["tag_operations"] = dict(self.tag_operations)
             state: dict[str, Any] = {"stats": stats, "config": self.config.to_dict()}
@@ -391,8 +392,8 @@ class SimCore:
 
     def _start_batch(self, batch: Batch, generation: int, end: float) -> None:
         with self.lock:
-            if generation != self._generation:
-                return
+            if generation != self._generation or batch.id not in self.batches.by_id:
+                return  # reset, or forgotten (retention) before it started: nothing of it is applied
             self.batches.set_status(batch, "inProgress")
             batch.started = now_iso()
         self.scheduler.at(end, lambda: self._run_batch(batch, generation))
@@ -401,7 +402,7 @@ class SimCore:
         items = batch.items or []
         for offset in range(0, max(1, len(items)), APPLY_CHUNK):
             with self.lock:
-                if generation != self._generation:
+                if generation != self._generation or batch.id not in self.batches.by_id:
                     return
                 for index in range(offset, min(offset + APPLY_CHUNK, len(items))):
                     self._apply_item(batch, items[index])
@@ -442,7 +443,8 @@ class SimCore:
                 else:
                     code, response = (201 if created else 200), (contact.id, contact.email, contact.email_status)
         # The request is kept as compact JSON text, far smaller than the parsed object tree.
-        result = (self.batches.item_ids.new(), json.dumps(item, separators=(",", ":")), code, response)
+        position = batch.finished_count  # items are applied in order
+        result = (self.batches.item_ids.new(), json.dumps(item, separators=(",", ":")), code, response, position)
         batch.finished_count += 1
         if code >= 300:
             batch.errors_count += 1
@@ -451,11 +453,17 @@ class SimCore:
             batch.responses.append(result)
 
     def _get_batch(self, req: _Request) -> Response:
+        cfg = self.config
         with self.lock:
+            self.batches.expire(cfg.batch_retention_seconds, time.monotonic())
             batch = self.batches.by_id.get(req.params[0])
+            if batch is not None and cfg.batch_retention_polls is not None and batch.polls >= cfg.batch_retention_polls:
+                self.batches.forget(batch)
+                batch = None
             if batch is None or batch.key != req.key:
                 return Response(404, err.error_body(req.version, 404, f"Batch with '{req.params[0]}' not found"))
-            return Response(200, batch.render(with_items=req.route.endswith("/items")))
+            batch.polls += 1
+            return Response(200, batch.render(with_items=req.route.endswith("/items"), echo=cfg.batch_items_echo))
 
     def _list_batches(self, req: _Request) -> Response:
         endpoint = _first(req.query, "endpoint")
@@ -475,6 +483,7 @@ class SimCore:
         if errors:
             return _invalid(req.version, errors)
         with self.lock:
+            self.batches.expire(self.config.batch_retention_seconds, time.monotonic())
             chosen, more = self.batches.page(req.key, endpoint, offset, limit, status)
             batches = [b.render() for b in chosen]
         base = f"{_base_url(req)}{'/v3' if req.version == V3 else '/api'}/batches?endpoint={endpoint}"

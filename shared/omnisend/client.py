@@ -28,6 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import requests
@@ -108,6 +109,7 @@ class BatchStatus:
     finished: int  # processed, failures included
     errors: int
     ended_at: str | None = None  # v3 examples spell it "enddedAt"; both are read
+    created_at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,21 @@ class ItemFailure:
     response_code: int
     message: str  # Omnisend's message, emails masked
     retryable: bool
+    position: int | None = None  # the item's index in the batch, when Omnisend's entry says it (see _position_of)
+
+
+@dataclass(frozen=True)
+class BatchItems:
+    """What GET /batches/{id}/items told about each item: failures, and the successes Omnisend echoed.
+
+    ``succeeded`` holds (email, position) of each success entry; either may be None when the entry lacks the
+    ``request`` echo or a position. ``errors_count`` is the batch's own count, to tell whether every failure
+    could be mapped to an item.
+    """
+
+    failures: list[ItemFailure]
+    succeeded: list[tuple[str | None, int | None]]
+    errors_count: int
 
 
 def encode_json(value: Any) -> bytes:
@@ -141,6 +158,26 @@ def _email_of(request: Any) -> str | None:
     return None
 
 
+def _position_of(entry: dict) -> int | None:
+    """The item's 0-based index in the batch, if the entry carries one. Omnisend documents only ``itemID`` (an id it
+    assigns, which we cannot map) and the ``request`` echo; a ``position``/``index`` field is read when present so
+    that an entry without the echo can still be mapped (the simulator's ``batch_items_echo="position"``)."""
+    for name in ("position", "index"):
+        value = entry.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _epoch(iso: str | None) -> float | None:
+    if not iso:
+        return None
+    try:
+        return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
 def _batch_status(body: dict, batch_id: str | None = None) -> BatchStatus:
     return BatchStatus(
         batch_id=str(body.get("batchID") or batch_id or ""),
@@ -149,6 +186,7 @@ def _batch_status(body: dict, batch_id: str | None = None) -> BatchStatus:
         finished=int(body.get("finishedCount") or 0),
         errors=int(body.get("errorsCount") or 0),
         ended_at=body.get("endedAt") or body.get("enddedAt") or None,
+        created_at=body.get("createdAt") or None,
     )
 
 
@@ -294,14 +332,25 @@ class OmnisendClient:
 
     def batch_failures(self, batch_id: str) -> list[ItemFailure]:
         """The failed items of a batch (GET /batches/{id}/items, ``errors[]`` only), mapped to their emails."""
+        items = self.batch_items(batch_id)
+        if items is None:
+            raise UnexpectedResponse(f"Omnisend GET {self._path(f'/batches/{batch_id}/items')} → 404", status=404)
+        return items.failures
+
+    def batch_items(self, batch_id: str) -> BatchItems | None:
+        """GET /batches/{id}/items: failures and echoed successes. None when Omnisend no longer knows the batch
+        (404: deleted after its retention, or never created): the caller treats its items as not delivered."""
         path = f"/batches/{batch_id}/items"
         resp = self._request("GET", path)
+        if resp.status_code == 404:
+            return None
         if resp.status_code >= 300:
             raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
         data = _json(resp)
-        errors = data.get("errors") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise self._unexpected("GET", path, resp.status_code, self._problem(resp))
         failures = []
-        for err in errors or ():
+        for err in data.get("errors") or ():
             if not isinstance(err, dict):
                 continue
             try:
@@ -309,8 +358,45 @@ class OmnisendClient:
             except (TypeError, ValueError):
                 code = 0
             message = parse_problem(err.get("response"), code or None).message
-            failures.append(ItemFailure(_email_of(err.get("request")), code, message, _item_retryable(code)))
-        return failures
+            failures.append(ItemFailure(_email_of(err.get("request")), code, message, _item_retryable(code),
+                                        _position_of(err)))
+        succeeded = [(_email_of(ok.get("request")), _position_of(ok))
+                     for ok in data.get("responses") or () if isinstance(ok, dict)]
+        errors_count = _batch_status(data, batch_id).errors
+        return BatchItems(failures, succeeded, max(errors_count, len(failures)))
+
+    def recent_batches(self, since_epoch: float, max_pages: int) -> list[BatchStatus]:
+        """Contact batches created at or after ``since_epoch`` (newest first), reading at most ``max_pages`` list
+        pages. Omnisend's list takes ``dateFrom`` as a date only, so entries are filtered by ``createdAt`` here; the
+        list is read newest first and paging stops at the first page that reaches back before ``since_epoch``."""
+        since_day = datetime.fromtimestamp(since_epoch, UTC).strftime("%Y-%m-%d")
+        found: list[BatchStatus] = []
+        offset = 0
+        for _ in range(max_pages):
+            params = {"endpoint": "contacts", "limit": BATCH_LIST_PAGE_SIZE, "offset": offset, "dateFrom": since_day}
+            resp = self._request("GET", "/batches", params=params)
+            if resp.status_code >= 300:
+                raise self._unexpected("GET", "/batches", resp.status_code, self._problem(resp))
+            data = _json(resp)
+            batches = data.get("batches") if isinstance(data, dict) else None
+            if not isinstance(batches, list):
+                raise UnexpectedResponse(
+                    f"Omnisend GET {self._path('/batches')} → {resp.status_code} without a batches list", status=None
+                )
+            reached_older = False
+            for body in batches:
+                if not isinstance(body, dict):
+                    continue
+                status = _batch_status(body)
+                created = _epoch(status.created_at)
+                if created is None or created >= since_epoch:
+                    found.append(status)
+                else:
+                    reached_older = True
+            if reached_older or len(batches) < BATCH_LIST_PAGE_SIZE:
+                break
+            offset += len(batches)
+        return found
 
     def untag(self, emails: Sequence[str], tags: Sequence[str]) -> None:
         """Remove ``tags`` from the contacts with ``emails`` (DELETE /contacts/tags; API 2026-03-15 only).

@@ -9,7 +9,7 @@ and re-runs after a crash are safe. One module per stage; this package re-export
 from shared.pipeline.context import Context, RunOptions, StartedRun
 from shared.pipeline.finalise import FinaliseBusy, finalise, record_untag_failure, untag_chunk
 from shared.pipeline.plan import _BatchWriter, _key_of, dry_run, plan
-from shared.pipeline.send import record_batch_failure, send_batch
+from shared.pipeline.send import record_batch_failure, record_batch_unconfirmed, send_batch
 from shared.pipeline.start import (
     active_run,
     beat,
@@ -43,6 +43,7 @@ __all__ = [
     "plan",
     "read_started",
     "record_batch_failure",
+    "record_batch_unconfirmed",
     "record_untag_failure",
     "run_status",
     "send_batch",

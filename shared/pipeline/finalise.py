@@ -62,6 +62,13 @@ class Counts:
     sent: int = 0
     requests: int = 0
     failed_rows: list[dict[str, Any]] = field(default_factory=list)
+    # Submitted, fate unknown (shared/pipeline/verify.py): neither delivered nor failed; out of the state.
+    unconfirmed_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def not_delivered(self) -> set[str]:
+        """Emails kept out of the new state, so the next run sends them again."""
+        return {row["email"] for row in self.failed_rows} | {row["email"] for row in self.unconfirmed_rows}
 
 
 def _count_results(ctx: Context, paths: RunPaths) -> Counts:
@@ -69,10 +76,14 @@ def _count_results(ctx: Context, paths: RunPaths) -> Counts:
     for obj in ctx.state_store.list(RUNS, paths.results_prefix):
         result = json.loads(ctx.state_store.read(RUNS, obj.name))
         counts.sent += result["sent"]
-        counts.requests += result["requests"]
+        counts.requests += result.get("requests", 0)
         counts.failed_rows.extend(result["failed"])
-    for obj in ctx.state_store.list(RUNS, f"{paths.root}/polls/"):
-        counts.requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
+        counts.unconfirmed_rows.extend(result.get("unconfirmed") or [])
+    # Requests not in a result: the preflight (polls/), polls, twins' and failed invocations (requests/, see
+    # shared/pipeline/send.py RequestTally).
+    for prefix in (f"{paths.root}/polls/", f"{paths.root}/requests/"):
+        for obj in ctx.state_store.list(RUNS, prefix):
+            counts.requests += json.loads(ctx.state_store.read(RUNS, obj.name)).get("requests", 0)
     return counts
 
 
@@ -164,7 +175,7 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
     planned_set = set(planned)
     del planned
     changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
-    failed_emails = {row["email"] for row in counts.failed_rows}
+    failed_emails = counts.not_delivered  # unconfirmed contacts stay out too: the next run sends them again
     changed_emails = {email for email, _, _ in changes}
     entries: list[tuple[str, int]] = [(e, fp) for e, fp, _ in changes if e not in failed_emails]
     leavers: list[tuple[str, int]] = []
@@ -176,7 +187,7 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
             leavers.append((email, fp))
 
     status = "failed" if counts.failed_rows and counts.sent == 0 and manifest["toSend"] > 0 else (
-        "partial" if counts.failed_rows else "succeeded"
+        "partial" if counts.failed_rows or counts.unconfirmed_rows else "succeeded"
     )
     message = ""
     to_untag: list[tuple[str, int]] = []
@@ -277,7 +288,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
         # Tags applied with POST /contacts/tags, not in the upsert (the probe found upsert tags replacing). Before the
         # state is saved: if this fails (RetryLater), finalise is retried and nothing has advanced; adding a tag
         # twice on a redo leaves it added.
-        failed_emails = {row["email"] for row in counts.failed_rows}
+        failed_emails = counts.not_delivered
         changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
         before = ctx.client.thread_requests
         ctx.client.add_tags([e for e, _, _ in changes if e not in failed_emails], list(export.tags))
@@ -297,9 +308,15 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
 
     if counts.failed_rows:  # a non-succeeded status always says its cause
         message = " ".join(m for m in (message, failure_message(counts.failed_rows, status)) if m)
+    if counts.unconfirmed_rows:
+        n = len(counts.unconfirmed_rows)
+        message = " ".join(m for m in (message, f"{n:,} contact{'' if n == 1 else 's'} unconfirmed: submitted, but "
+                                       "Omnisend never confirmed their fate; the next run sends them again.") if m)
 
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
-    failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]).decode("utf-8")
+    failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]
+                              + [{**row, "bucket": "unconfirmed", "reason": row.get("omnisendMessage") or "",
+                                  "omnisendMessage": ""} for row in counts.unconfirmed_rows]).decode("utf-8")
     body = plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])
     ctx.state_store.write(RUNS, paths.rejected, body.encode("utf-8"))
 
@@ -318,6 +335,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
         "unchanged": manifest["unchanged"],
         "sent": counts.sent,
         "failed": len(counts.failed_rows),
+        "unconfirmed": len(counts.unconfirmed_rows),
         "leavers": summary["leavers"],
         "untagged": untagged,
         "batches": manifest["batches"],

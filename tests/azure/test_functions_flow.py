@@ -63,10 +63,20 @@ def make_host(azurite: str) -> HostStandIn:
                        app_settings={"AzureWebJobsStorage": azurite, "EXPORT_SCHEDULE": "0 5 * * * *"})
 
 
+_HOSTS: dict[str, HostStandIn] = {}
+
+
+def shared_host(azurite: str) -> HostStandIn:
+    """One stand-in per process, shared by every test module: FunctionApp.get_functions() refuses to index the
+    same app twice."""
+    if azurite not in _HOSTS:
+        _HOSTS[azurite] = make_host(azurite)
+    return _HOSTS[azurite]
+
+
 @pytest.fixture(scope="module")
 def host(azurite):
-    # One stand-in per module: FunctionApp.get_functions() refuses to index the same app twice.
-    return make_host(azurite)
+    return shared_host(azurite)
 
 
 class Flow:

@@ -85,5 +85,6 @@ def rejected_rows(ctx: Context, report: dict[str, Any]) -> list[dict[str, str]]:
 
 def assert_accounting(report: dict[str, Any]) -> None:
     assert report["rows"] == (
-        report["sent"] + report["failed"] + report["rejected"] + report["duplicates"] + report["unchanged"]
+        report["sent"] + report["failed"] + report["unconfirmed"] + report["rejected"] + report["duplicates"]
+        + report["unchanged"]
     )
