@@ -9,7 +9,9 @@ function_app.py only decodes bindings and calls these methods. Flow:
     <queue>-poison ──► the batch (or group, or plan) is recorded as failed, so the run still finalises.
 
 A 429 or other transient failure re-enqueues the message with a visibility delay instead of sleeping inside the
-function; the pacer of each instance keeps requests inside its share of the Omnisend budget.
+function. One request budget holds across every instance and run (shared/budget.py): PLAN reserves a slot per
+batch and sends each send message with its slot as visibility delay, so the queue releases sends at the budget
+rate; a send re-enqueued (429/5xx, or delivered too late for its slot) reserves a new slot.
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared import names, pipeline
+from shared.budget import LATE_TOLERANCE_SECONDS, BudgetPacer
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import ExportDefinition, ExportNotRunnable, find_export
-from shared.queues import StageMessage
+from shared.queues import MAX_DELAY_SECONDS, StageMessage
 from shared.runs import RunPaths, read_json
 
 log = logging.getLogger("exporter")
@@ -44,6 +47,10 @@ STALE_PLAN_SECONDS = 15 * 60
 HOST_MAX_DEQUEUE_COUNT = 5
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
+# A send message delivered this much before its slot (its delay was capped at the queue's 7-day maximum, or a
+# clock differs) goes back to the queue for the rest of the wait instead of sleeping through it. Below it, the
+# send sleeps until its slot: visibility is whole seconds, so messages arrive up to a second early.
+MAX_EARLY_SLEEP_SECONDS = 2.0
 
 
 class Queues(Protocol):
@@ -53,12 +60,17 @@ class Queues(Protocol):
 class Orchestrator:
     def __init__(self, ctx: pipeline.Context, queues: Queues, load_exports: Callable[[], list[ExportDefinition]],
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
-                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS) -> None:
+                 send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
+                 pacer: BudgetPacer | None = None,
+                 late_tolerance: float = LATE_TOLERANCE_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
         self.verify_delay = verify_delay
         self.send_backoff = send_backoff
+        # The shared request budget (None: no slots; the client's own pacer alone paces this process).
+        self.pacer = pacer
+        self.late_tolerance = late_tolerance
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -143,9 +155,11 @@ class Orchestrator:
         done, attempts = pipeline._run_listing(self.ctx, paths)
         to_send = [n for n in range(1, total + 1) if n not in done and n not in attempts]
         t0 = time.perf_counter()
+        # One reservation for the whole run: each send message becomes visible at its slot of the brand's budget.
+        slots = self.pacer.budget.reserve(len(to_send)) if self.pacer else [None] * len(to_send)
         with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
-            list(pool.map(lambda n: self.queues.send(names.SEND_QUEUE, StageMessage(export.name, message.run_id, n)),
-                          to_send))
+            list(pool.map(lambda n, slot: self._send_at(StageMessage(export.name, message.run_id, n), slot),
+                          to_send, slots))
         for first in range(1, total + 1, VERIFY_GROUP_SIZE):
             last = min(total, first + VERIFY_GROUP_SIZE - 1)
             self.queues.send(names.VERIFY_QUEUE, StageMessage(export.name, message.run_id, first,
@@ -157,13 +171,46 @@ class Orchestrator:
             self._finalise(export, message.run_id)
         return manifest
 
+    def _send_at(self, message: StageMessage, slot: float | None) -> None:
+        """Enqueue a send message to become visible at ``slot`` (epoch seconds; None: now). The delay is rounded
+        down (visibility is whole seconds): on_send sleeps the fraction left."""
+        if slot is None:
+            self.queues.send(names.SEND_QUEUE, message)
+            return
+        timed = StageMessage(message.export, message.run_id, message.batch, message.attempt,
+                             {**message.extra, "slot": round(slot, 3)})
+        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.pacer.budget.clock())))
+        self.queues.send(names.SEND_QUEUE, timed, delay_seconds=delay)
+
+    def _slot_or_reschedule(self, message: StageMessage) -> float | None | str:
+        """The slot this delivery may use; or "rescheduled" when it went back to the queue for a slot: too late for
+        its own (a crashed instance's message, a backlog) or far too early."""
+        slot = message.extra.get("slot")
+        if self.pacer is None or slot is None:
+            return None  # no slot: the client takes one from the budget at request time
+        now = self.pacer.budget.clock()
+        if now - slot > self.late_tolerance:
+            self._send_at(message, self.pacer.budget.reserve(1)[0])
+            return "rescheduled"
+        if slot - now > MAX_EARLY_SLEEP_SECONDS:
+            self._send_at(message, slot)
+            return "rescheduled"
+        return float(slot)
+
     def on_send(self, message: StageMessage) -> str:
         export, run_id, n = message.export, message.run_id, message.batch
         paths = RunPaths(export, run_id)
         if self._stopped(paths):
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
+        slot = self._slot_or_reschedule(message)
+        if slot == "rescheduled":
+            return "rescheduled"
         try:
-            outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+            if slot is None:
+                outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+            else:
+                with self.pacer.prepaid(slot):  # the POST uses the slot this message was released for
+                    outcome = pipeline.send_batch(self.ctx, export, run_id, n)
         except AuthRejected as exc:
             pipeline.fail_run(self.ctx, export, run_id, exc)
             log.error("send export=%s runId=%s batch=%d: %s", export, run_id, n, exc)
@@ -175,7 +222,11 @@ class Orchestrator:
                 return "failed"
             backoff = self.send_backoff[min(message.attempt, len(self.send_backoff) - 1)]
             delay = max(exc.retry_after or 0, backoff)
-            self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
+            if self.pacer is None:
+                self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
+            else:  # a retry is a new request: it takes a new slot of the budget, no earlier than the back-off
+                self._send_at(message.retried(), self.pacer.budget.reserve(
+                    1, not_before=self.pacer.budget.clock() + delay)[0])
             log.warning("send export=%s runId=%s batch=%d retry in %ss: %s", export, run_id, n, int(delay), exc)
             return "requeued"
         if outcome == "rejected":

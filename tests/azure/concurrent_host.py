@@ -242,7 +242,10 @@ class ConcurrentHost:
         app = importlib.import_module(self.config.app_module).app
         if self.config.bootstrap and not self._bootstrapped:
             self.bootstrap_here()
-        for f in app.get_functions():
+        # Built from the app's builders: get_functions() may only run once per process (it rejects a second
+        # indexing as duplicate names), and the test process may have indexed the app already (HostStandIn).
+        for builder in app._function_builders:
+            f = builder.build(app.auth_level)
             trigger = f.get_trigger().get_dict_repr()
             if f.get_function_name() == name and trigger["type"] == "timerTrigger":
                 f.get_user_function()(**{trigger["name"]: TimerRequest(past_due=past_due)})
