@@ -52,10 +52,9 @@ SIDE_SHARE = 0.04
 # visibility is whole seconds; 2 s covers the usual lag, later deliveries (a crashed instance's message) re-queue.
 LATE_TOLERANCE_SECONDS = 2.0
 # A request taken from the side lane sleeps for its slot if that is at most this far away; further away, the
-# message is re-enqueued with that delay instead of holding an invocation (RetryLater with retry_after). 30 s: the
-# side lane hands out a slot every 5 s at 300/min, so a finalise untagging a few chunks while another export's
-# sends hold the send lane still gets through inside one invocation.
-MAX_SLOT_WAIT_SECONDS = 30.0
+# message is re-enqueued with that delay instead of holding an invocation (RetryLater with retry_after). 10 s: two
+# side-lane slots at 300/min (one every 5 s); a verify poll that would wait longer comes back later instead.
+MAX_SLOT_WAIT_SECONDS = 10.0
 # ETag conflicts: another instance updated the blob between our read and write; re-read and try again. Each
 # attempt is two small storage calls; 100 is never reached in practice (a few instances, one update per plan).
 MAX_CONFLICT_RETRIES = 100
@@ -135,7 +134,8 @@ class RequestBudget:
     """Hands out request slots for one brand from the shared blob (see the module docstring)."""
 
     def __init__(self, blob: BudgetBlob, requests_per_minute: float, *, clock: Callable[[], float] = time.time,
-                 send_share: float = SEND_SHARE, side_share: float = SIDE_SHARE) -> None:
+                 send_share: float = SEND_SHARE, side_share: float = SIDE_SHARE,
+                 max_wait: float = MAX_SLOT_WAIT_SECONDS) -> None:
         if not requests_per_minute > 0:
             raise ValueError(f"requests_per_minute must be > 0, got {requests_per_minute!r}")
         self.blob = blob
@@ -143,6 +143,7 @@ class RequestBudget:
         self.send_interval = 60.0 / (requests_per_minute * send_share)
         self.side_interval = 60.0 / (requests_per_minute * side_share)
         self.clock = clock
+        self.max_wait = max_wait
         self.conflicts = 0  # ETag conflicts met (for tests and logs)
 
     def reserve(self, n: int, not_before: float | None = None) -> list[float]:
@@ -157,9 +158,11 @@ class RequestBudget:
 
         return self._update(change)
 
-    def take(self, max_wait: float = MAX_SLOT_WAIT_SECONDS) -> float:
+    def take(self, max_wait: float | None = None) -> float:
         """One slot for a request made now: the idle send lane's, else the side lane's. Raises RetryLater (with
         the wait as retry_after) instead of reserving when the slot would be more than ``max_wait`` away."""
+
+        max_wait = self.max_wait if max_wait is None else max_wait
 
         def change(lanes: _Lanes, now: float) -> tuple[_Lanes, float]:
             if lanes.cursor <= now:
@@ -211,37 +214,45 @@ class RequestBudget:
             return _Lanes(0.0, 0.0)  # unreadable: start afresh (at worst one window's worth of slots overlaps)
 
 
+class SlotMissed(RetryLater):
+    """A send reached its request more than the late tolerance after its slot (a slow or crashed instance, a
+    backlog): it must not run now, it takes a new slot. Raised before anything is sent."""
+
+
 class BudgetPacer:
     """The Omnisend client's pacer in the Functions app (same interface as ``shared.omnisend.Pacer``).
 
-    A request made inside ``prepaid(slot)`` uses that send-lane slot (the one its queue message was released for)
-    and waits for it if it is early; any other request takes a slot from the budget now (``RequestBudget.take``).
-    One prepaid slot pays for one request: a second request in the same block (a key re-read after a 401) takes
-    its own slot.
+    A request made inside ``prepaid(slot)`` uses that send-lane slot (the one its queue message was released for):
+    it waits for it if early, and raises ``SlotMissed`` if more than ``late_tolerance`` late, so every send starts
+    within [slot, slot + tolerance] whatever happened before it. Any other request takes a slot from the budget now
+    (``RequestBudget.take``). One prepaid slot pays for one request: a second request in the same block (a key
+    re-read after a 401) takes its own slot.
     """
 
-    def __init__(self, budget: RequestBudget, *, sleep: Callable[[float], None] = time.sleep,
-                 max_wait: float = MAX_SLOT_WAIT_SECONDS) -> None:
+    def __init__(self, budget: RequestBudget, *, sleep: Callable[[float], None] = time.sleep) -> None:
         self.budget = budget
         self.requests_per_minute = budget.requests_per_minute
         self._sleep = sleep
-        self._max_wait = max_wait
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def prepaid(self, slot: float) -> Iterator[None]:
-        self._local.slot = slot
+    def prepaid(self, slot: float, late_tolerance: float = LATE_TOLERANCE_SECONDS) -> Iterator[None]:
+        self._local.slot = (slot, late_tolerance)
         try:
             yield
         finally:
             self._local.slot = None
 
     def acquire(self) -> None:
-        slot = getattr(self._local, "slot", None)
-        if slot is not None:
+        prepaid = getattr(self._local, "slot", None)
+        if prepaid is not None:
             self._local.slot = None
+            slot, tolerance = prepaid
+            late = self.budget.clock() - slot
+            if late > tolerance:
+                raise SlotMissed(f"{late:.1f} s past its request slot (tolerance {tolerance} s)")
         else:
-            slot = self.budget.take(self._max_wait)
+            slot = self.budget.take()
         wait = slot - self.budget.clock()
         if wait > 0:
             self._sleep(wait)

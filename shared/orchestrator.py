@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared import names, pipeline
-from shared.budget import LATE_TOLERANCE_SECONDS, BudgetPacer
+from shared.budget import LATE_TOLERANCE_SECONDS, BudgetPacer, SlotMissed
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import ExportDefinition, ExportNotRunnable, find_export
 from shared.queues import MAX_DELAY_SECONDS, StageMessage
@@ -209,8 +209,12 @@ class Orchestrator:
             if slot is None:
                 outcome = pipeline.send_batch(self.ctx, export, run_id, n)
             else:
-                with self.pacer.prepaid(slot):  # the POST uses the slot this message was released for
+                # The POST uses the slot this message was released for, or none if that slot is missed by then.
+                with self.pacer.prepaid(slot, self.late_tolerance):
                     outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+        except SlotMissed:
+            self._send_at(message, self.pacer.budget.reserve(1)[0])
+            return "rescheduled"
         except AuthRejected as exc:
             pipeline.fail_run(self.ctx, export, run_id, exc)
             log.error("send export=%s runId=%s batch=%d: %s", export, run_id, n, exc)

@@ -90,9 +90,10 @@ class Timing:
 class KillPoint:
     """SIGKILL the worker process at a point, at most ``times`` times in all workers' lifetimes of ``worker``.
 
-    ``when``: ``"after-post"`` (a request whose method and URL path match ``match``, e.g. ``POST .*/batches$``, got
-    its answer: the POST reached Omnisend, nothing after it ran) or ``"before-blob-write"`` (a blob whose name
-    matches ``match`` is about to be uploaded, e.g. ``/final\\.json$`` for "entering finalise").
+    ``when``: ``"after-post"`` (a recorded request whose method and URL path match ``match``, e.g.
+    ``POST .*/batches$``, got its answer: the POST reached Omnisend, nothing after it ran), ``"before-blob-write"``
+    or ``"after-blob-write"`` (a blob ``container/name`` matching ``match`` is about to be / was just uploaded, e.g.
+    ``/final\\.json$`` around finalise's claim).
     ``worker``: only in that worker index (None: any). ``nth``: the nth matching event in that process (1 = first).
     """
 
@@ -114,11 +115,16 @@ class HostConfig:
     bootstrap: str | None = None
     bootstrap_kwargs: Mapping[str, Any] = field(default_factory=dict)
     threads: int = 4
+    # Threads of particular functions (by function name), e.g. more for the send stage; others get ``threads``.
+    function_threads: Mapping[str, int] = field(default_factory=dict)
     max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
     timing: Timing = field(default_factory=Timing)
     kill_points: tuple[KillPoint, ...] = ()
     twin_functions: tuple[str, ...] = ()
     events_dir: str = ""
+    # HTTP requests whose URL matches this are recorded (and can be kill points): the Omnisend simulator's base
+    # URL. Storage calls also go through ``requests`` (azure-core) and are not recorded.
+    http_match: str = r"^$"
 
 
 # --------------------------------------------------------------------------------------------- the parent side
@@ -215,9 +221,10 @@ class ConcurrentHost:
             return None
         return self.kill(rng.choice(busy), reason="random")
 
-    def in_flight(self, i: int) -> dict[str, Any]:
-        """What worker i's current process has started and not finished: invocations per function and POSTs."""
-        gen = self._generation[i]
+    def in_flight(self, i: int, gen: int | None = None) -> dict[str, Any]:
+        """What worker i's current process (or its process number ``gen``) started and did not finish:
+        invocations per function (``"*"``: all) and recorded POSTs without an answer."""
+        gen = self._generation[i] if gen is None else gen
         open_invocations: dict[str, int] = {}
         posts = 0
         for e in self._events_of(i):
@@ -467,7 +474,7 @@ def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> 
         client.delete_message(message.id, receipt)
 
     for fn in functions:
-        for t in range(1 if fn.poison else config.threads):
+        for t in range(1 if fn.poison else config.function_threads.get(fn.name, config.threads)):
             threading.Thread(target=loop, args=(fn,), name=f"{fn.name}-{t}", daemon=True).start()
     events.emit("ready", functions=[{"name": f.name, "queue": f.queue} for f in functions])
     while True:
@@ -514,6 +521,8 @@ def _install_process_hooks(config: HostConfig, index: int, kill_budget: Any, eve
     def request(self: Any, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         from urllib.parse import urlsplit
 
+        if not re.search(config.http_match, url):
+            return original_request(self, method, url, *args, **kwargs)
         path = urlsplit(url).path
         events.emit("http-start", method=method.upper(), path=path)
         try:
@@ -530,7 +539,10 @@ def _install_process_hooks(config: HostConfig, index: int, kill_budget: Any, eve
     original_upload = BlobClient.upload_blob
 
     def upload_blob(self: Any, *args: Any, **kwargs: Any) -> Any:
-        maybe_die("before-blob-write", f"{self.container_name}/{self.blob_name}")
-        return original_upload(self, *args, **kwargs)
+        name = f"{self.container_name}/{self.blob_name}"
+        maybe_die("before-blob-write", name)
+        result = original_upload(self, *args, **kwargs)
+        maybe_die("after-blob-write", name)
+        return result
 
     BlobClient.upload_blob = upload_blob  # type: ignore[method-assign]

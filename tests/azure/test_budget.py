@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from azure.storage.blob import BlobServiceClient
 
-from shared.budget import SEND_SHARE, SIDE_SHARE, AzureBudgetBlob, BudgetPacer, RequestBudget
+from shared.budget import SEND_SHARE, SIDE_SHARE, AzureBudgetBlob, BudgetPacer, RequestBudget, SlotMissed
 from shared.errors import RetryLater
 
 pytestmark = pytest.mark.azurite
@@ -94,3 +94,12 @@ def test_the_pacer_spends_a_prepaid_slot_once_then_takes_from_the_budget(azurite
         pacer.acquire()  # a second request (a key re-read) in the same invocation: a side-lane slot
     assert slept == pytest.approx([0.5])
     assert budget.lanes()["side"] > NOW
+
+
+def test_a_prepaid_slot_missed_by_more_than_the_tolerance_refuses_to_send(azurite, container):
+    budget = budget_in(azurite, container)
+    pacer = BudgetPacer(budget, sleep=lambda s: None)
+    with pytest.raises(SlotMissed), pacer.prepaid(NOW - 3, late_tolerance=2):
+        pacer.acquire()
+    with pacer.prepaid(NOW - 1, late_tolerance=2):
+        pacer.acquire()  # late, but within the tolerance: goes now
