@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import itertools
 import json
 import random
 import time
@@ -297,3 +298,80 @@ def test_a_sigkill_right_after_claiming_finalisation_still_finishes_the_run(scen
         reports = s.run(host, timeout=25)
         assert len(host.events("self-kill")) == 1
     s.check_delivered(reports)
+
+
+# ------------------------------------------------------------------------------------------------ one stage at a time
+
+
+def orchestrator_of(s: Scenario):
+    """The app's orchestrator as the workers build it, in this process (no worker started)."""
+    import function_app
+
+    s.host(1)  # bootstrap_here() wires function_app in this process
+    return function_app.orchestrator()
+
+
+def planned_run(s: Scenario):
+    from shared.pipeline import RunOptions
+    from shared.queues import StageMessage
+
+    orchestrator = orchestrator_of(s)
+    export = s.exports[0].name
+    status, body = orchestrator.start(export, RunOptions(trigger="http"))
+    assert status == 202
+    return orchestrator, StageMessage(export, body["runId"])
+
+
+def send_messages(s: Scenario, wait: float) -> list[dict]:
+    time.sleep(wait)
+    client = StageQueues.from_connection_string(s.azurite).client(s.queue_prefix + names.SEND_QUEUE)
+    return [json.loads(m.content) for m in client.receive_messages(max_messages=32, visibility_timeout=60)]
+
+
+def test_plan_gives_every_send_its_own_slot_evenly_spaced_at_the_send_share(scenario):
+    from shared.budget import SEND_SHARE
+
+    s = scenario([(2_000, 7)])
+    orchestrator, run = planned_run(s)
+    orchestrator.on_plan(run)
+
+    messages = send_messages(s, wait=3.0)
+    slots = sorted(m["slot"] for m in messages)
+    assert sorted(m["batch"] for m in messages) == list(range(1, 21))
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    assert min(gaps) == pytest.approx(max(gaps), abs=0.002) == pytest.approx(60 / (BUDGET_PER_MINUTE * SEND_SHARE),
+                                                                            abs=0.002)
+
+
+def test_a_send_delivered_past_its_slot_takes_a_new_slot_instead_of_posting_now(scenario):
+    from shared.queues import StageMessage
+
+    s = scenario([(2_000, 7)])
+    orchestrator, run = planned_run(s)
+    orchestrator.on_plan(run)
+    send_messages(s, wait=3.0)  # take the planned sends out of the way
+    t0 = time.time()
+    late = StageMessage(run.export, run.run_id, 1, extra={"slot": t0 - 10})
+
+    assert orchestrator.on_send(late) == "rescheduled"
+
+    assert posts_to_batches(s.sim) == 0
+    [again] = send_messages(s, wait=1.5)
+    assert again["batch"] == 1 and again["slot"] >= t0 and again["attempt"] == 0  # a new slot; not a failure
+
+
+def test_a_429_retry_takes_a_slot_no_earlier_than_omnisends_retry_after(scenario):
+    from shared.queues import StageMessage
+
+    s = scenario([(2_000, 7)])
+    orchestrator, run = planned_run(s)
+    orchestrator.on_plan(run)
+    send_messages(s, wait=3.0)
+    s.sim.configure(burst_429=1, burst_retry_after=30)
+    t0 = time.time()
+
+    assert orchestrator.on_send(StageMessage(run.export, run.run_id, 1, extra={"slot": t0})) == "requeued"
+
+    lanes = orchestrator.pacer.budget.lanes()
+    assert lanes["cursor"] >= t0 + 30  # the retry's slot, and every slot after it, is past retryAfter
+    assert send_messages(s, wait=0) == []  # the retried message is hidden until then
