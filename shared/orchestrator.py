@@ -47,6 +47,9 @@ STALE_PLAN_SECONDS = 15 * 60
 HOST_MAX_DEQUEUE_COUNT = 5
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
+# Send messages become visible this long before their slot (then wait for it in the invocation), so the instances'
+# polling lag does not make them late. 0: visibility is rounded down to whole seconds, up to 1 s early already.
+SEND_RELEASE_LEAD_SECONDS = 0.0
 # A send message delivered this much before its slot (its delay was capped at the queue's 7-day maximum, or a
 # clock differs) goes back to the queue for the rest of the wait instead of sleeping through it. Below it, the
 # send sleeps until its slot: visibility is whole seconds, so messages arrive up to a second early.
@@ -62,7 +65,8 @@ class Orchestrator:
                  *, verify_delay: int = VERIFY_DELAY_SECONDS,
                  send_backoff: tuple[int, ...] = SEND_BACKOFF_SECONDS,
                  pacer: BudgetPacer | None = None,
-                 late_tolerance: float = LATE_TOLERANCE_SECONDS) -> None:
+                 late_tolerance: float = LATE_TOLERANCE_SECONDS,
+                 release_lead: float = SEND_RELEASE_LEAD_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
@@ -71,6 +75,7 @@ class Orchestrator:
         # The shared request budget (None: no slots; the client's own pacer alone paces this process).
         self.pacer = pacer
         self.late_tolerance = late_tolerance
+        self.release_lead = release_lead
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -179,7 +184,7 @@ class Orchestrator:
             return
         timed = StageMessage(message.export, message.run_id, message.batch, message.attempt,
                              {**message.extra, "slot": round(slot, 3)})
-        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.pacer.budget.clock())))
+        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.release_lead - self.pacer.budget.clock())))
         self.queues.send(names.SEND_QUEUE, timed, delay_seconds=delay)
 
     def _slot_or_reschedule(self, message: StageMessage) -> float | None | str:
@@ -192,7 +197,7 @@ class Orchestrator:
         if now - slot > self.late_tolerance:
             self._send_at(message, self.pacer.budget.reserve(1)[0])
             return "rescheduled"
-        if slot - now > MAX_EARLY_SLEEP_SECONDS:
+        if slot - now > MAX_EARLY_SLEEP_SECONDS + self.release_lead:
             self._send_at(message, slot)
             return "rescheduled"
         return float(slot)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 def wire(*, connection_string: str, exports_config: str, base_url: str, key: str, requests_per_minute: int,
          queue_prefix: str, budget_container: str, verify_delay: int, late_tolerance: float,
-         send_backoff: Sequence[int], slot_wait: float) -> None:
+         send_backoff: Sequence[int], slot_wait: float, release_lead: float) -> None:
     from azure.storage.blob import BlobServiceClient
 
     import function_app
@@ -32,4 +32,4 @@ def wire(*, connection_string: str, exports_config: str, base_url: str, key: str
     function_app._orchestrator = build_orchestrator(
         settings, queues=PrefixedQueues(StageQueues.from_connection_string(connection_string), queue_prefix),
         key_provider=StaticKeyProvider(key), budget=budget, verify_delay=verify_delay,
-        send_backoff=tuple(send_backoff), late_tolerance=late_tolerance)
+        send_backoff=tuple(send_backoff), late_tolerance=late_tolerance, release_lead=release_lead)

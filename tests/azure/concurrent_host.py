@@ -10,9 +10,9 @@ moment; instances die mid-invocation and their messages come back after the leas
   ``HostStandIn`` does. Each physical queue name gets ``queue_prefix`` in front so tests sharing one Azurite never see
   each other's messages (the app's producer must use the same prefix: see ``PrefixedQueues``);
 - **workers**: ``workers`` processes (``multiprocessing`` spawn: a fresh interpreter, like a new instance), each
-  with ``threads`` polling threads per stage queue and one per ``-poison`` queue. A thread receives ONE message at a
-  time (the host receives ``batchSize`` at once and runs them in parallel; ``threads = batchSize`` gives the same
-  concurrency per instance and function, slightly more eager fetching than ``newBatchThreshold: 0``);
+  with one poller per queue function and ``threads`` invocation threads per stage function (one per ``-poison``
+  function). Like the host, a poller receives as many messages at once as it has free threads (the host receives
+  ``batchSize`` and fetches again when ``newBatchThreshold`` are left; this fetches whenever a thread is free);
 - **lease**: a message is received invisible for ``Timing.lease_seconds`` and the lease is renewed every
   ``Timing.renew_seconds`` while the function runs (the host: 10 min, renewed). When a worker dies, the message
   becomes visible again when its lease runs out and its ``dequeue_count`` has grown: a redelivery after a crash;
@@ -39,8 +39,8 @@ so a scenario with crashes finishes in seconds; queue visibility is whole second
 scaled below one second.
 
 What it does NOT model: the scale controller (the number of workers is fixed by the test), ``functionTimeout``,
-the host's dequeue batching and ``newBatchThreshold`` exactly (see above), ``maxPollingInterval``'s exact back-off
-curve (threads back off from ``Timing.min_poll_seconds`` to ``Timing.max_poll_seconds``), clock skew between
+``newBatchThreshold`` exactly (see above), ``maxPollingInterval``'s exact back-off curve (an idle poller backs off
+from ``Timing.min_poll_seconds`` to ``Timing.max_poll_seconds``; poison queues to 2 s), clock skew between
 instances, a network partition between an instance and storage, graceful drain on scale-in (a stopped worker is
 killed), and everything ``HostStandIn`` lists for HTTP and timers.
 """
@@ -60,6 +60,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 POISON_SUFFIX = "-poison"
 DEFAULT_MAX_DEQUEUE_COUNT = 5
+# host.json maxPollingInterval (2 s): how often an idle poison queue is polled.
+POISON_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,9 @@ class HostConfig:
     threads: int = 4
     # Threads of particular functions (by function name), e.g. more for the send stage; others get ``threads``.
     function_threads: Mapping[str, int] = field(default_factory=dict)
+    # Longest idle polling interval of particular functions (others: Timing.max_poll_seconds), e.g. the host's
+    # own 2 s for stages whose pick-up lag does not matter, to spare a shared CPU.
+    function_poll_seconds: Mapping[str, float] = field(default_factory=dict)
     max_dequeue_count: int = DEFAULT_MAX_DEQUEUE_COUNT
     timing: Timing = field(default_factory=Timing)
     kill_points: tuple[KillPoint, ...] = ()
@@ -346,22 +352,32 @@ class _QueueFn:
     poison: bool
 
 
+class _Lease:
+    def __init__(self, client: Any, receipt: str) -> None:
+        self.client = client
+        self.receipt = receipt
+        self.lock = threading.Lock()  # a renewal and the final delete/update never use the receipt at once
+        self.finished = False
+        self.lost = False
+
+
 class _Leases:
     """Renews the visibility of messages being processed, so a long invocation keeps its message while it runs."""
 
-    def __init__(self, timing: Timing) -> None:
+    def __init__(self, timing: Timing, events: _Events) -> None:
         self._timing = timing
-        self._held: dict[str, list[Any]] = {}  # message id -> [client, pop receipt]
+        self._events = events
+        self._held: dict[str, _Lease] = {}
         self._lock = threading.Lock()
         threading.Thread(target=self._run, name="lease-renewer", daemon=True).start()
 
     @contextlib.contextmanager
-    def hold(self, client: Any, message: Any) -> Iterator[list[Any]]:
-        entry = [client, message.pop_receipt]
+    def hold(self, client: Any, message: Any) -> Iterator[_Lease]:
+        lease = _Lease(client, message.pop_receipt)
         with self._lock:
-            self._held[message.id] = entry
+            self._held[message.id] = lease
         try:
-            yield entry
+            yield lease
         finally:
             with self._lock:
                 self._held.pop(message.id, None)
@@ -371,19 +387,18 @@ class _Leases:
             time.sleep(self._timing.renew_seconds)
             with self._lock:
                 items = list(self._held.items())
-            for message_id, entry in items:
-                with self._lock:
-                    if self._held.get(message_id) is not entry:
+            for message_id, lease in items:
+                with lease.lock:
+                    if lease.finished or lease.lost:
                         continue
-                    client, receipt = entry
-                try:
-                    updated = client.update_message(message_id, receipt,
-                                                    visibility_timeout=self._timing.lease_seconds)
-                except Exception:
-                    continue  # lost the message (a twin took it over): the invocation finishes anyway
-                with self._lock:
-                    if self._held.get(message_id) is entry:
-                        entry[1] = updated.pop_receipt
+                    try:
+                        lease.receipt = lease.client.update_message(
+                            message_id, lease.receipt, visibility_timeout=self._timing.lease_seconds).pop_receipt
+                    except Exception as exc:
+                        # A twin took the message over, or the lease lapsed before this renewal: the invocation
+                        # finishes anyway and another delivery may run beside it. Recorded for diagnosis.
+                        lease.lost = True
+                        self._events.emit("lease-lost", id=message_id, error=type(exc).__name__)
 
 
 def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> None:
@@ -404,23 +419,45 @@ def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> 
     settings = {"AzureWebJobsStorage": AZURITE_CONNECTION_STRING, **config.app_settings}
     service = QueueServiceClient.from_connection_string(settings["AzureWebJobsStorage"])
     functions = _queue_functions(module.app, settings, config.queue_prefix)
-    leases = _Leases(config.timing)
+    leases = _Leases(config.timing, events)
 
-    def loop(fn: _QueueFn) -> None:
+    def loop(fn: _QueueFn, capacity: int) -> None:
+        """One poller per function, like the host: receive as many messages as there are free invocation threads
+        (at most 32, the Storage API's limit), run each on a thread of this function's pool."""
         client = service.get_queue_client(fn.queue)
         poison_client = service.get_queue_client(fn.queue + POISON_SUFFIX)
+        pool = ThreadPoolExecutor(capacity, thread_name_prefix=fn.name)
+        free = threading.Semaphore(capacity)
         idle = config.timing.min_poll_seconds
-        while True:
+        # Poison queues are rare: polled at the host's own maxPollingInterval, to spare the shared CPU.
+        max_idle = POISON_POLL_SECONDS if fn.poison else config.function_poll_seconds.get(
+            fn.name, config.timing.max_poll_seconds)
+
+        def run(message: Any) -> None:
             try:
-                got = list(client.receive_messages(max_messages=1, visibility_timeout=config.timing.lease_seconds))
+                _deliver(fn, client, poison_client, message)
+            finally:
+                free.release()
+
+        while True:
+            free.acquire()
+            wanted = 1
+            while wanted < min(capacity, 32) and free.acquire(blocking=False):
+                wanted += 1
+            try:
+                got = list(client.receive_messages(max_messages=wanted, messages_per_page=wanted,
+                                                   visibility_timeout=config.timing.lease_seconds))
             except Exception:  # the queue does not exist yet, or storage hiccuped: the host keeps polling
                 got = []
+            for _ in range(wanted - len(got)):
+                free.release()
             if not got:
                 time.sleep(idle)
-                idle = min(config.timing.max_poll_seconds, idle * 2)
+                idle = min(max_idle, idle * 2)
                 continue
             idle = config.timing.min_poll_seconds
-            _deliver(fn, client, poison_client, got[0])
+            for message in got:
+                pool.submit(run, message)
 
     def _deliver(fn: _QueueFn, client: Any, poison_client: Any, message: Any) -> None:
         limit = config.max_dequeue_count
@@ -447,7 +484,9 @@ def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> 
                     time_next_visible=message.next_visible_on, pop_receipt=message.pop_receipt)})
             except Exception as exc:  # the host catches everything a function raises
                 error = exc
-            receipt = lease[1]
+            lease.lock.acquire()  # no renewal from here on; released once the message is settled
+            lease.finished = True
+        receipt = lease.receipt
         outcome = "succeeded"
         try:
             if error is None:
@@ -462,6 +501,8 @@ def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> 
         except Exception as exc:  # stale pop receipt: a twin (or a redelivery) owns the message now
             outcome = ("succeeded" if error is None else "failed") + "-lost-message"
             error = error or exc
+        finally:
+            lease.lock.release()
         events.emit("done", fn=fn.name, queue=fn.queue, id=message.id, dq=message.dequeue_count, outcome=outcome,
                     started=t0, error=None if error is None else f"{type(error).__name__}: {error}"[:300])
 
@@ -474,8 +515,8 @@ def _worker_main(config: HostConfig, index: int, gen: int, kill_budget: Any) -> 
         client.delete_message(message.id, receipt)
 
     for fn in functions:
-        for t in range(1 if fn.poison else config.function_threads.get(fn.name, config.threads)):
-            threading.Thread(target=loop, args=(fn,), name=f"{fn.name}-{t}", daemon=True).start()
+        capacity = 1 if fn.poison else config.function_threads.get(fn.name, config.threads)
+        threading.Thread(target=loop, args=(fn, capacity), name=f"{fn.name}-poller", daemon=True).start()
     events.emit("ready", functions=[{"name": f.name, "queue": f.queue} for f in functions])
     while True:
         time.sleep(3600)

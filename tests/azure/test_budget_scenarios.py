@@ -13,6 +13,7 @@ The measured numbers are printed (run with ``-s``) and quoted in docs/azure-loca
 from __future__ import annotations
 
 import bisect
+import collections
 import csv
 import itertools
 import json
@@ -36,8 +37,8 @@ pytestmark = pytest.mark.azurite
 KEY = "budget-key"
 # Omnisend's sliding minute, scaled by 1/3 so a scenario sends for about half a minute instead of a minute and a half.
 WINDOW_SECONDS = 20
-BUDGET_PER_MINUTE = 600  # the app's OMNISEND_REQUESTS_PER_MINUTE
-BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60  # 200: what the simulator allows in any window
+BUDGET_PER_MINUTE = 300  # the app's OMNISEND_REQUESTS_PER_MINUTE (the default)
+BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60  # 100: what the simulator allows in any window
 # shared/budget.py's 2 s late tolerance belongs to a 60 s window; scaled with the window (a send starting later
 # than this after its slot takes a new slot).
 LATE_TOLERANCE = 0.5
@@ -46,11 +47,17 @@ SLOT_WAIT = 3.0
 VERIFY_DELAY = 2  # seconds between verify rounds (15 s in production)
 SEND_BACKOFF = (1, 2, 4)
 # The host's lease and retry visibility scaled (see concurrent_host.Timing); idle threads poll every 0.5 s at most.
-TIMING = Timing(lease_seconds=3, renew_seconds=1.0, retry_visibility_seconds=1, max_poll_seconds=0.5)
-# Send messages become visible up to a second before their slot (queue visibility is whole seconds) and wait for it
-# in the invocation, so at 10 sends/s about 10 invocations wait at any moment: 8 send threads per worker.
+# A 6 s lease renewed every 1.5 s: on this shared 2-core machine a renewal can be late by seconds, and a lapsed
+# lease is a twin delivery (a second POST), which would blur what the scenarios measure.
+TIMING = Timing(lease_seconds=6, renew_seconds=1.5, retry_visibility_seconds=1, max_poll_seconds=0.5)
+# The late tolerance is scaled, this machine's polling lag and storage calls are not (and other test runs share its
+# two cores): send messages become visible 0.5-1.5 s before their slot and wait for it in the invocation, so at
+# 4.6 sends/s about 5 invocations wait at any moment: 8 send threads per worker.
+RELEASE_LEAD = 0.5
 SEND_THREADS = 8
-ROWS = 25_000  # 250 batches of 100: about 27 s of sending at 92 % of 600/min
+# Plan and verify pick-up lag does not matter here: idle polling at 1 s spares the shared CPU (sends: 0.5 s).
+SLOW_POLL = {"plan_stage": 1.0, "verify_stage": 1.0}
+ROWS = 13_000  # 130 batches of 100: about 28 s of sending at 92 % of 300/min
 
 
 @dataclass
@@ -125,9 +132,9 @@ class Scenario:
                 "base_url": self.sim.base_url, "key": KEY, "requests_per_minute": BUDGET_PER_MINUTE,
                 "queue_prefix": self.queue_prefix, "budget_container": self.budget_container,
                 "verify_delay": VERIFY_DELAY, "late_tolerance": LATE_TOLERANCE, "send_backoff": SEND_BACKOFF,
-                "slot_wait": SLOT_WAIT,
+                "slot_wait": SLOT_WAIT, "release_lead": RELEASE_LEAD,
             },
-            threads=2, function_threads={"send_stage": SEND_THREADS}, timing=TIMING,
+            threads=2, function_threads={"send_stage": SEND_THREADS}, function_poll_seconds=SLOW_POLL, timing=TIMING,
             events_dir=str(self.tmp / f"events-{uuid.uuid4().hex[:6]}"),
             http_match="^" + self.sim.base_url, **config)
         host = ConcurrentHost(cfg, workers)
@@ -152,7 +159,12 @@ class Scenario:
                 if status and status.get("stage") == "finished":
                     reports[export] = status["report"]
             time.sleep(0.5)
-        assert len(reports) == len(started), f"runs not finished in {timeout} s: {set(started) - set(reports)}"
+        if len(reports) < len(started):
+            statuses = {x: function_app.orchestrator().status(x, r) for x, r in started.items() if x not in reports}
+            outcomes = collections.Counter(f"{e['fn']}:{e['outcome']}" for e in host.events("done"))
+            errors = collections.Counter(e["error"] for e in host.events("done") if e.get("error"))
+            raise AssertionError(f"runs not finished in {timeout} s: {statuses}; invocations {dict(outcomes)}; "
+                                 f"errors {dict(errors.most_common(3))}; workers alive {host.alive()}")
         return reports
 
     def check_delivered(self, reports: dict[str, dict]) -> None:
@@ -188,6 +200,9 @@ def budget_numbers(host: ConcurrentHost, sim: Simulator) -> dict[str, object]:
         "requests": len(times), "posts": len(posts), "responses_429": stats["responses_429"],
         "sending_seconds": round(last - first, 1),
         "rescheduled_sends": sum(1 for e in host.events("done") if e["fn"] == "send_stage") - len(posts),
+        "lost_leases": len(host.events("lease-lost")),
+        "omnisend_errors": sorted({f"{e['method']} {e['status']} {e.get('error') or ''}" for e in requests
+                                   if e["status"] is None or e["status"] >= 300}),
     }
 
 
@@ -203,9 +218,9 @@ def scenario(tmp_path, azurite, omnisend, container, queue_prefix):
 
 def assert_within_budget(numbers: dict[str, object]) -> None:
     print(json.dumps(numbers))
-    assert numbers["responses_429"] == 0
-    assert numbers["max_requests_in_a_window"] <= BUDGET_PER_WINDOW
-    assert numbers["min_requests_in_a_window_while_sending"] >= 0.9 * BUDGET_PER_WINDOW
+    assert numbers["responses_429"] == 0, numbers
+    assert numbers["max_requests_in_a_window"] <= BUDGET_PER_WINDOW, numbers
+    assert numbers["min_requests_in_a_window_while_sending"] >= 0.9 * BUDGET_PER_WINDOW, numbers
 
 
 @pytest.mark.parametrize("workers", [2, 4])
@@ -217,7 +232,7 @@ def test_any_number_of_workers_together_use_the_budget_and_never_more(scenario, 
         numbers = budget_numbers(host, s.sim)
     numbers["seconds"] = round(time.monotonic() - t0, 1)
     s.check_delivered(reports)
-    assert numbers["posts"] == reports[s.exports[0].name]["batches"]  # no kill, no twin: each batch POSTed once
+    assert numbers["posts"] == reports[s.exports[0].name]["batches"], numbers  # no kill, no twin: POSTed once
     assert_within_budget(numbers)
 
 
@@ -242,8 +257,8 @@ def posts_to_batches(sim: Simulator) -> int:
 def test_random_sigkills_of_busy_workers_through_a_run_lose_nothing(scenario):
     """Every 3 s while batches are being POSTed, SIGKILL a random worker that has a send in flight; dead workers
     are replaced. Each killed send comes back after its lease: at most the sends in flight at a kill POST twice."""
-    s = scenario([(15_000, 7)])
-    batches = 150
+    s = scenario([(8_000, 7)])
+    batches = 80
     rng = random.Random(8)
     with s.host(3) as host:
         t0 = time.monotonic()
