@@ -62,13 +62,12 @@ param partialFailedPercent int = 1
 param instanceMemoryMB int = 2048
 
 // Default 1 = the smallest maximum Flex allows (the 2024 preview floor was 40; the current docs say 1).
-// Flex applies this cap to each per-function scale group. The app passes it on as OMNISEND_PACING_INSTANCES and each
-// process paces at OMNISEND_REQUESTS_PER_MINUTE / maximumInstanceCount: more instances never add Omnisend traffic,
-// but a group only reaches the full budget when all its instances run, so 1 gives the full rate on one instance.
-// The arithmetic is in docs/deploy.md ("Scale and the Omnisend budget").
+// Flex applies this cap to each per-function scale group. It is not an input to the Omnisend budget: every instance
+// takes its request slots from one reservation blob (shared/budget.py), so more instances never add Omnisend
+// traffic and fewer still use the whole budget. docs/deploy.md ("Scale and the Omnisend budget").
 @minValue(1)
 @maxValue(1000)
-@description('Flex maximumInstanceCount (per function scale group); also OMNISEND_PACING_INSTANCES. See docs/deploy.md.')
+@description('Flex maximumInstanceCount (per function scale group). See docs/deploy.md.')
 param maximumInstanceCount int = 1
 
 @description('Name of the Key Vault secret that holds the Omnisend API key (the value is set after deployment, never here).')
@@ -462,9 +461,6 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     OMNISEND_API_KEY_SECRET_NAME: omnisendApiKeySecretName
     OMNISEND_API_VERSION: omnisendApiVersion
     OMNISEND_REQUESTS_PER_MINUTE: string(omnisendRequestsPerMinute)
-    // Each process paces at OMNISEND_REQUESTS_PER_MINUTE / this, so a scale group stays inside the budget however
-    // far it scales. Flex caps each per-function group separately; docs/deploy.md has the whole arithmetic.
-    OMNISEND_PACING_INSTANCES: string(maximumInstanceCount)
     // The code's own expiry of run artifacts agrees with the lifecycle rule below.
     RUN_RETENTION_DAYS: string(runRetentionDays)
   }

@@ -6,6 +6,7 @@ import json
 import threading
 
 from shared import names
+from shared.budget import AzureBudgetBlob, BudgetPacer, RequestBudget
 from shared.errors import ConfigError
 from shared.exports import ExportDefinition, load_exports, load_exports_file
 from shared.omnisend import DEFAULT_MAX_ATTEMPTS, OmnisendClient, Pacer
@@ -37,10 +38,12 @@ def build_context(
     key_provider: ApiKeyProvider | None = None,
     stores: tuple[ObjectStore, ObjectStore] | None = None,
     stop: StopSignal | None = None,
+    pacer: Pacer | BudgetPacer | None = None,
 ) -> Context:
-    """``requests_per_minute`` overrides the pacing of this process (the Functions app divides the budget among
-    its instances); by default the whole OMNISEND_REQUESTS_PER_MINUTE budget is this process's. ``stop``: the
-    CLI run's stop flag (Ctrl-C, fatal errors); the pacer's waits end early when it is set."""
+    """``pacer``: how the client paces its requests. By default the whole OMNISEND_REQUESTS_PER_MINUTE budget (or
+    ``requests_per_minute``) is this process's (the CLI); the Functions app passes a BudgetPacer shared by every
+    instance through the budget blob. ``stop``: the CLI run's stop flag (Ctrl-C, fatal errors); the pacer's waits
+    end early when it is set."""
     state_store, source_store = stores or make_stores(settings)
     lock = threading.Lock()
     provider_holder: list[ApiKeyProvider] = [key_provider] if key_provider else []
@@ -54,7 +57,7 @@ def build_context(
             base_url=settings.omnisend_base_url,
             api_version=settings.omnisend_api_version,
             api_key=provider_holder[0],
-            pacer=Pacer(rpm, sleep=stop.sleep) if stop is not None else Pacer(rpm),
+            pacer=pacer or (Pacer(rpm, sleep=stop.sleep) if stop is not None else Pacer(rpm)),
             max_attempts=max_attempts,
             stop=stop,
         )
@@ -89,16 +92,19 @@ EXPORTS_CACHE_SECONDS = 60.0
 
 
 def build_orchestrator(settings: Settings | None = None, queues=None, stores=None, key_provider=None, clock=None,
-                       **orchestrator_options):
+                       budget: RequestBudget | None = None, **orchestrator_options):
     """The Functions app's orchestrator: Blob state, Storage queues, and a client that never sleeps on a 429
-    (max_attempts=1: the message is re-enqueued with a delay instead) paced at this instance's budget share."""
+    (max_attempts=1: the message is re-enqueued with a delay instead), paced by the brand's one request budget
+    (``budget``; by default the reservation blob in the run-state account, see shared/budget.py)."""
     import time
 
     from shared.orchestrator import Orchestrator
 
     settings = settings or Settings.from_env()
-    ctx = build_context(settings, max_attempts=1, requests_per_minute=settings.requests_per_minute_per_instance,
-                        key_provider=key_provider, stores=stores)
+    if budget is None and settings.uses_azure_storage:
+        budget = RequestBudget(AzureBudgetBlob.from_settings(settings), settings.omnisend_requests_per_minute)
+    pacer = BudgetPacer(budget) if budget is not None else None
+    ctx = build_context(settings, max_attempts=1, key_provider=key_provider, stores=stores, pacer=pacer)
     if clock is not None:
         ctx.clock = clock
     if queues is None:
@@ -114,7 +120,7 @@ def build_orchestrator(settings: Settings | None = None, queues=None, stores=Non
             cache["at"] = monotonic()
         return cache["exports"]
 
-    return Orchestrator(ctx, queues, load, **orchestrator_options)
+    return Orchestrator(ctx, queues, load, pacer=pacer, **orchestrator_options)
 
 
 def to_json(obj: object) -> str:

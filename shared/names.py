@@ -10,6 +10,9 @@ RUNS_CONTAINER = "exporter-runs"
 # Blob container holding each export's membership state (<export>/members.bin). Kept apart from the runs so that
 # a lifecycle rule expiring run artifacts can never match it; it must never expire.
 STATE_CONTAINER = "exporter-state"
+# The brand's Omnisend request budget, shared by every instance and run (shared/budget.py): two times and a rate,
+# updated with an ETag condition. In the state container because it must never expire with the run artifacts.
+BUDGET_BLOB = "_budget/omnisend-requests.json"
 # Blob container for the export definitions in Azure (EXPORTS_CONFIG=blob:exporter-config/exports.json).
 CONFIG_CONTAINER = "exporter-config"
 # Prefix of EXPORTS_CONFIG values that name a blob ("blob:<container>/<name>") instead of a local file.

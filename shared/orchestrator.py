@@ -16,7 +16,9 @@ A send claims its batch before POSTing (shared/pipeline/send.py); a twin that fi
 itself. A verify round is claimed by a marker per (group, round), so duplicate messages never fork the chain.
 
 A 429 or other transient failure re-enqueues the message with a visibility delay instead of sleeping inside the
-function; the pacer of each instance keeps requests inside its share of the Omnisend budget.
+function. One request budget holds across every instance and run (shared/budget.py): PLAN reserves a slot per
+batch and sends each send message with its slot as visibility delay, so the queue releases sends at the budget
+rate; a send re-enqueued (429/5xx, or delivered too late for its slot) reserves a new slot.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared import leases, names, pipeline, retention
+from shared.budget import LATE_TOLERANCE_SECONDS, BudgetPacer, SlotMissed
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
@@ -80,6 +83,13 @@ UNTAG_MAX_REQUEUES = 8
 FINALISE_RECHECK_MARGIN = 30
 # Enqueuing 10,000 send messages one by one takes minutes; a few threads bring that to seconds.
 ENQUEUE_THREADS = 8
+# Send messages become visible this long before their slot (then wait for it in the invocation), so the instances'
+# polling lag does not make them late. 0: visibility is rounded down to whole seconds, up to 1 s early already.
+SEND_RELEASE_LEAD_SECONDS = 0.0
+# A send message delivered this much before its slot (its delay was capped at the queue's 7-day maximum, or a
+# clock differs) goes back to the queue for the rest of the wait instead of sleeping through it. Below it, the
+# send sleeps until its slot: visibility is whole seconds, so messages arrive up to a second early.
+MAX_EARLY_SLEEP_SECONDS = 2.0
 
 
 class Queues(Protocol):
@@ -93,7 +103,10 @@ class Orchestrator:
                  preflight_retry_delay: int = PREFLIGHT_RETRY_SECONDS,
                  claim_recheck_delay: int = SEND_CLAIMED_RECHECK_SECONDS,
                  verify_confirm_seconds: float = VERIFY_CONFIRM_SECONDS,
-                 unsent_give_up_seconds: float = VERIFY_UNSENT_GIVE_UP_SECONDS) -> None:
+                 unsent_give_up_seconds: float = VERIFY_UNSENT_GIVE_UP_SECONDS,
+                 pacer: BudgetPacer | None = None,
+                 late_tolerance: float = LATE_TOLERANCE_SECONDS,
+                 release_lead: float = SEND_RELEASE_LEAD_SECONDS) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
@@ -103,6 +116,10 @@ class Orchestrator:
         self.claim_recheck_delay = claim_recheck_delay
         self.verify_confirm_seconds = verify_confirm_seconds
         self.unsent_give_up_seconds = unsent_give_up_seconds
+        # The shared request budget (None: no slots; the client's own pacer alone paces this process).
+        self.pacer = pacer
+        self.late_tolerance = late_tolerance
+        self.release_lead = release_lead
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -232,9 +249,11 @@ class Orchestrator:
         done, attempts = pipeline._run_listing(self.ctx, paths)
         to_send = [n for n in range(1, total + 1) if n not in done and n not in attempts]
         t0 = time.perf_counter()
+        # One reservation for the whole run: each send message becomes visible at its slot of the brand's budget.
+        slots = self.pacer.budget.reserve(len(to_send)) if self.pacer else [None] * len(to_send)
         with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
-            list(pool.map(lambda n: self.queues.send(names.SEND_QUEUE, StageMessage(export.name, message.run_id, n)),
-                          to_send))
+            list(pool.map(lambda n, slot: self._send_at(StageMessage(export.name, message.run_id, n), slot),
+                          to_send, slots))
         for first in range(1, total + 1, VERIFY_GROUP_SIZE):
             last = min(total, first + VERIFY_GROUP_SIZE - 1)
             self.queues.send(names.VERIFY_QUEUE, StageMessage(export.name, message.run_id, first,
@@ -261,13 +280,50 @@ class Orchestrator:
             log.warning("plan export=%s runId=%s: preflight inconclusive, going on: %s", export, message.run_id, exc)
         return True
 
+    def _send_at(self, message: StageMessage, slot: float | None) -> None:
+        """Enqueue a send message to become visible at ``slot`` (epoch seconds; None: now). The delay is rounded
+        down (visibility is whole seconds): on_send sleeps the fraction left."""
+        if slot is None:
+            self.queues.send(names.SEND_QUEUE, message)
+            return
+        timed = StageMessage(message.export, message.run_id, message.batch, message.attempt,
+                             {**message.extra, "slot": round(slot, 3)})
+        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.release_lead - self.pacer.budget.clock())))
+        self.queues.send(names.SEND_QUEUE, timed, delay_seconds=delay)
+
+    def _slot_or_reschedule(self, message: StageMessage) -> float | None | str:
+        """The slot this delivery may use; or "rescheduled" when it went back to the queue for a slot: too late for
+        its own (a crashed instance's message, a backlog) or far too early."""
+        slot = message.extra.get("slot")
+        if self.pacer is None or slot is None:
+            return None  # no slot: the client takes one from the budget at request time
+        now = self.pacer.budget.clock()
+        if now - slot > self.late_tolerance:
+            self._send_at(message, self.pacer.budget.reserve(1)[0])
+            return "rescheduled"
+        if slot - now > MAX_EARLY_SLEEP_SECONDS + self.release_lead:
+            self._send_at(message, slot)
+            return "rescheduled"
+        return float(slot)
+
     def on_send(self, message: StageMessage) -> str:
         export, run_id, n = message.export, message.run_id, message.batch
         paths = RunPaths(export, run_id)
         if self._stopped(paths):
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
+        slot = self._slot_or_reschedule(message)
+        if slot == "rescheduled":
+            return "rescheduled"
         try:
-            outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+            if slot is None:
+                outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+            else:
+                # The POST uses the slot this message was released for, or none if that slot is missed by then.
+                with self.pacer.prepaid(slot, self.late_tolerance):
+                    outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+        except SlotMissed:
+            self._send_at(message, self.pacer.budget.reserve(1)[0])
+            return "rescheduled"
         except STOPS_THE_RUN as exc:
             # The same for every batch of the run: it is marked stopped once; its later messages end without a
             # request.
@@ -281,7 +337,11 @@ class Orchestrator:
                 return "failed"
             backoff = self.send_backoff[min(message.attempt, len(self.send_backoff) - 1)]
             delay = max(exc.retry_after or 0, backoff)
-            self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
+            if self.pacer is None:
+                self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
+            else:  # a retry is a new request: it takes a new slot of the budget, no earlier than the back-off
+                self._send_at(message.retried(), self.pacer.budget.reserve(
+                    1, not_before=self.pacer.budget.clock() + delay)[0])
             log.warning("send export=%s runId=%s batch=%d retry in %ss: %s", export, run_id, n, int(delay), exc)
             return "requeued"
         if outcome == "claimed-elsewhere":

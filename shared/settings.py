@@ -40,7 +40,6 @@ ENV_NAMES = (
     "KEY_VAULT_URL",
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
-    "OMNISEND_PACING_INSTANCES",
     "RUN_RETENTION_DAYS",
 )
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
@@ -125,10 +124,9 @@ class Settings:
     omnisend_api_key: str | None = field(default=None, repr=False)
     key_vault_url: str | None = None
     omnisend_api_key_secret_name: str = DEFAULT_SECRET_NAME
+    # The whole app's share of the brand's budget: the CLI paces its process at it; the Functions app shares it
+    # among all its instances and runs through one reservation blob (shared/budget.py), whatever it scales to.
     omnisend_requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE
-    # How many processes share the budget. Each paces itself at requests_per_minute / pacing_instances, so the
-    # Functions app stays inside the budget however far it scales (Bicep sets it to maximumInstanceCount).
-    omnisend_pacing_instances: int = 1
     run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
 
     def __repr__(self) -> str:
@@ -144,10 +142,6 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     __str__ = __repr__
-
-    @property
-    def requests_per_minute_per_instance(self) -> float:
-        return self.omnisend_requests_per_minute / self.omnisend_pacing_instances
 
     @property
     def uses_azure_storage(self) -> bool:
@@ -184,7 +178,6 @@ class Settings:
             return default
 
         rpm = positive_int("OMNISEND_REQUESTS_PER_MINUTE", DEFAULT_REQUESTS_PER_MINUTE)
-        instances = positive_int("OMNISEND_PACING_INSTANCES", 1)
         retention = positive_int("RUN_RETENTION_DAYS", DEFAULT_RUN_RETENTION_DAYS)
         low, high = RUN_RETENTION_DAYS_RANGE
         if not low <= retention <= high:
@@ -224,7 +217,6 @@ class Settings:
             key_vault_url=kv_url,
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
-            omnisend_pacing_instances=instances,
             run_retention_days=retention,
         )
 

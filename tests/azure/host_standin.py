@@ -136,8 +136,12 @@ class HostStandIn:
         *,
         host_json: Path | str | Mapping[str, Any] | None = None,
         app_settings: Mapping[str, str] | None = None,
+        queue_prefix: str = "",
     ) -> None:
         host = _load_host_json(host_json)
+        # Put in front of every physical queue name, so test runs sharing one Azurite (parallel checkouts) never
+        # take each other's messages; the app's producer must add the same prefix (concurrent_host.PrefixedQueues).
+        self.queue_prefix = queue_prefix
         self.options = QueueOptions.from_host_json(host)
         self.route_prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", DEFAULT_ROUTE_PREFIX)
         self.app_settings = {"AzureWebJobsStorage": AZURITE_CONNECTION_STRING, **(app_settings or {})}
@@ -195,13 +199,14 @@ class HostStandIn:
         return {f.name: f.queue for f in self._queue_functions}
 
     def queue_client(self, queue: str, connection: str = "AzureWebJobsStorage") -> QueueClient:
-        """A raw client (no encode/decode policy): content is exactly what is stored."""
+        """A raw client (no encode/decode policy): content is exactly what is stored. ``queue`` is the app's name
+        for it (without ``queue_prefix``)."""
         if connection not in self._services:
             conn = self.app_settings[connection]
             if conn == "UseDevelopmentStorage=true":
                 conn = AZURITE_CONNECTION_STRING
             self._services[connection] = QueueServiceClient.from_connection_string(conn)
-        return self._services[connection].get_queue_client(queue)
+        return self._services[connection].get_queue_client(self.queue_prefix + queue)
 
     # -- queues ---------------------------------------------------------------------------------------------------
 

@@ -29,6 +29,8 @@ from shared.runs import RunPaths
 from shared.secrets import StaticKeyProvider
 from shared.settings import Settings
 from shared.state import load_state
+from tests.azure.azurite_support import unique_name
+from tests.azure.concurrent_host import PrefixedQueues
 from tests.azure.host_standin import HostStandIn
 
 pytestmark = pytest.mark.azurite
@@ -59,7 +61,8 @@ def make_host(azurite: str) -> HostStandIn:
     host_json = json.loads((REPO / "host.json").read_text())
     # The real 30 s retry back-off would make a poison test take minutes; everything else is as deployed.
     host_json["extensions"]["queues"]["visibilityTimeout"] = "00:00:00"
-    return HostStandIn(function_app.app, host_json=host_json,
+    # Queue names with a prefix of this test process's own: parallel test runs on one Azurite stay apart.
+    return HostStandIn(function_app.app, host_json=host_json, queue_prefix=unique_name("fq") + "-",
                        app_settings={"AzureWebJobsStorage": azurite, "EXPORT_SCHEDULE": "0 5 * * * *"})
 
 
@@ -89,9 +92,9 @@ class Flow:
         self.source_container = f"ci{uuid.uuid4().hex[:12]}"
         self.blobs = BlobServiceClient.from_connection_string(azurite)
         self.queue_service = QueueServiceClient.from_connection_string(azurite)
-        StageQueues.from_connection_string(azurite).ensure_queues(ALL_QUEUES)
-        for q in ALL_QUEUES:  # the app's queue names are fixed: start each test from empty queues
-            self.queue_service.get_queue_client(q).clear_messages()
+        StageQueues.from_connection_string(azurite).ensure_queues([host.queue_prefix + q for q in names.STAGE_QUEUES])
+        for q in ALL_QUEUES:  # one set of queues per module: start each test from empty queues
+            host.queue_client(q).clear_messages()
         self.upload_segment(tmp_path, 1_000)
         definition = {"exports": [{
             "name": self.export,
@@ -108,7 +111,7 @@ class Flow:
                             exports_config=f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{config_name}",
                             omnisend_base_url=base_url or sim.base_url, omnisend_api_key=KEY,
                             omnisend_requests_per_minute=1_000_000)
-        queues = StageQueues.from_connection_string(azurite)
+        queues = PrefixedQueues(StageQueues.from_connection_string(azurite), host.queue_prefix)
         function_app._orchestrator = build_orchestrator(
             settings, queues=DuplicatingQueues(queues) if duplicate else queues,
             key_provider=key_provider or StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,), clock=clock,
@@ -153,7 +156,7 @@ class Flow:
         return self.sim.state()["stats"]["requests_by_route"].get("POST /api/batches", 0)
 
     def queue_length(self, name: str) -> int:
-        return self.queue_service.get_queue_client(name).get_queue_properties().approximate_message_count
+        return self.host.queue_client(name).get_queue_properties().approximate_message_count
 
 
 @pytest.fixture

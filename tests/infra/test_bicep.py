@@ -194,10 +194,9 @@ def test_omnisend_defaults_match_the_code_defaults():
     assert resolve(rpm["parameters"]["value_to_convert"]) == settings.DEFAULT_REQUESTS_PER_MINUTE
 
 
-def test_each_process_paces_for_the_maximum_instance_count():
-    pacing = app_settings()["OMNISEND_PACING_INSTANCES"]["function"]
-    assert pacing["type"] == "string"
-    assert pacing["parameters"]["value_to_convert"] == "maximumInstanceCount"
+def test_the_budget_does_not_depend_on_the_instance_count():
+    # One reservation blob paces every instance (shared/budget.py); no per-instance share is configured.
+    assert "OMNISEND_PACING_INSTANCES" not in app_settings()
 
 
 def test_timer_schedule_defaults_to_the_code_default():

@@ -21,7 +21,7 @@ def test_an_empty_environment_gives_local_defaults():
 def test_every_problem_is_reported_at_once():
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"OMNISEND_API_VERSION": "v9", "OMNISEND_REQUESTS_PER_MINUTE": "fast",
-                           "OMNISEND_PACING_INSTANCES": "0", "KEY_VAULT_URL": "http://vault"})
+                           "OMNISEND_API_KEY": "@Microsoft.KeyVault(SecretUri=x)", "KEY_VAULT_URL": "http://vault"})
     assert len(err.value.problems) == 4
 
 
@@ -33,11 +33,6 @@ def test_an_unresolved_key_vault_reference_is_refused_with_what_to_do():
 def test_the_emulator_shorthand_means_azurite():
     settings = Settings.from_env({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
     assert settings.storage_connection_string == AZURITE_CONNECTION_STRING and settings.uses_azure_storage
-
-
-def test_the_budget_is_shared_among_pacing_instances():
-    settings = Settings.from_env({"OMNISEND_REQUESTS_PER_MINUTE": "300", "OMNISEND_PACING_INSTANCES": "4"})
-    assert settings.requests_per_minute_per_instance == 75
 
 
 def test_the_key_is_not_in_the_repr():

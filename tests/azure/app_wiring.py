@@ -1,0 +1,35 @@
+"""Wiring of the real Functions app (function_app.py) for the concurrent host stand-in's worker processes.
+
+``wire(...)`` runs in every worker process (``HostConfig.bootstrap``) and in the test process: it builds the app's
+orchestrator the way ``shared.app.build_orchestrator`` does in Azure, with the test's own pieces at the process
+boundary only: Azurite, the Omnisend simulator's URL and key, queue names with the test's prefix, a budget blob of
+the test's own, and time-scaled delays (named in the scenario tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def wire(*, connection_string: str, exports_config: str, base_url: str, key: str, requests_per_minute: int,
+         queue_prefix: str, budget_container: str, verify_delay: int, late_tolerance: float,
+         send_backoff: Sequence[int], slot_wait: float, release_lead: float) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    import function_app
+    from shared.app import build_orchestrator
+    from shared.budget import AzureBudgetBlob, RequestBudget
+    from shared.queues import StageQueues
+    from shared.secrets import StaticKeyProvider
+    from shared.settings import Settings
+    from tests.azure.concurrent_host import PrefixedQueues
+
+    settings = Settings(storage_connection_string=connection_string, exports_config=exports_config,
+                        omnisend_base_url=base_url, omnisend_api_key=key,
+                        omnisend_requests_per_minute=requests_per_minute)
+    budget = RequestBudget(AzureBudgetBlob(BlobServiceClient.from_connection_string(connection_string),
+                                           budget_container), requests_per_minute, max_wait=slot_wait)
+    function_app._orchestrator = build_orchestrator(
+        settings, queues=PrefixedQueues(StageQueues.from_connection_string(connection_string), queue_prefix),
+        key_provider=StaticKeyProvider(key), budget=budget, verify_delay=verify_delay,
+        send_backoff=tuple(send_backoff), late_tolerance=late_tolerance, release_lead=release_lead)
