@@ -169,7 +169,7 @@ class RequestBudget:
                 return _Lanes(now + self.send_interval, lanes.side), now
             slot = max(lanes.side, now)
             if slot - now > max_wait:
-                raise RetryLater(f"the Omnisend request budget is in use for the next {slot - now:.0f} s",
+                raise BudgetBusy(f"the Omnisend request budget is in use for the next {slot - now:.0f} s",
                                  retry_after=math.ceil(slot - now))
             return _Lanes(lanes.cursor, slot + self.side_interval), slot
 
@@ -212,6 +212,10 @@ class RequestBudget:
             return _Lanes(float(body["cursor"]), float(body["side"]))
         except (ValueError, KeyError, TypeError):
             return _Lanes(0.0, 0.0)  # unreadable: start afresh (at worst one window's worth of slots overlaps)
+
+
+class BudgetBusy(RetryLater):
+    """Our own request budget has no slot soon enough: nothing was asked of Omnisend, so it is not an attempt."""
 
 
 class SlotMissed(RetryLater):

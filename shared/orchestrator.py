@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from shared import leases, names, pipeline, retention
-from shared.budget import LATE_TOLERANCE_SECONDS, BudgetPacer, SlotMissed
+from shared.budget import LATE_TOLERANCE_SECONDS, BudgetBusy, BudgetPacer, SlotMissed
 from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
@@ -299,7 +299,12 @@ class Orchestrator:
             return None  # no slot: the client takes one from the budget at request time
         now = self.pacer.budget.clock()
         if now - slot > self.late_tolerance:
-            self._send_at(message, self.pacer.budget.reserve(1)[0])
+            fresh = self.pacer.budget.reserve(1)[0]
+            if fresh - now <= self.late_tolerance:
+                # The send lane is idle (instances slower than the budget, or a backlog drained): run on the fresh
+                # slot now. Re-queuing here would only make the next delivery late again, for ever.
+                return float(fresh)
+            self._send_at(message, fresh)
             return "rescheduled"
         if slot - now > MAX_EARLY_SLEEP_SECONDS + self.release_lead:
             self._send_at(message, slot)
@@ -321,8 +326,12 @@ class Orchestrator:
                 # The POST uses the slot this message was released for, or none if that slot is missed by then.
                 with self.pacer.prepaid(slot, self.late_tolerance):
                     outcome = pipeline.send_batch(self.ctx, export, run_id, n)
-        except SlotMissed:
-            self._send_at(message, self.pacer.budget.reserve(1)[0])
+        except (SlotMissed, BudgetBusy):
+            # The budget had no slot for this POST: nothing reached Omnisend, so it is not an attempt either.
+            if self.pacer is None:
+                self.queues.send(names.SEND_QUEUE, message, delay_seconds=self.verify_delay or 1)
+            else:
+                self._send_at(message, self.pacer.budget.reserve(1)[0])
             return "rescheduled"
         except STOPS_THE_RUN as exc:
             # The same for every batch of the run: it is marked stopped once; its later messages end without a

@@ -151,7 +151,8 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
 
 def _claim(ctx: Context, prefix: str, take_over: bool) -> leases.Lease:
     now = ctx.clock()
-    lease = leases.claim(ctx.state_store, RUNS, prefix, now, take_over=take_over)
+    lease = leases.claim(ctx.state_store, RUNS, prefix, now, seconds=leases.FINALISE_LEASE_SECONDS,
+                         take_over=take_over)
     if lease is None:
         held = leases.current(ctx.state_store, RUNS, prefix)
         wait = held.remaining(now) if held else 0.0

@@ -13,7 +13,11 @@ from collections.abc import Sequence
 
 def wire(*, connection_string: str, exports_config: str, base_url: str, key: str, requests_per_minute: int,
          queue_prefix: str, budget_container: str, verify_delay: int, late_tolerance: float,
-         send_backoff: Sequence[int], slot_wait: float, release_lead: float) -> None:
+         send_backoff: Sequence[int], slot_wait: float, release_lead: float,
+         claim_seconds: float | None = None) -> None:
+    """``claim_seconds``: the send claims', verify rounds' and finalisation leases' expiry, scaled with the stand-in's
+    lease (production: longer than host.json's 10-minute functionTimeout; here, longer than the scaled lease that
+    stands for it), so a killed worker's claims expire within the scenario's seconds."""
     from azure.storage.blob import BlobServiceClient
 
     import function_app
@@ -24,6 +28,16 @@ def wire(*, connection_string: str, exports_config: str, base_url: str, key: str
     from shared.settings import Settings
     from tests.azure.concurrent_host import PrefixedQueues
 
+    if claim_seconds is not None:
+        import shared.leases
+        import shared.orchestrator
+        import shared.pipeline.send
+
+        shared.pipeline.send.SEND_CLAIM_SECONDS = claim_seconds
+        shared.orchestrator.VERIFY_ROUND_LEASE_SECONDS = claim_seconds
+        shared.leases.FINALISE_LEASE_SECONDS = claim_seconds
+        shared.orchestrator.FINALISE_RECHECK_MARGIN = 1  # 30 s: the margin after a lease's expiry, scaled alike
+
     settings = Settings(storage_connection_string=connection_string, exports_config=exports_config,
                         omnisend_base_url=base_url, omnisend_api_key=key,
                         omnisend_requests_per_minute=requests_per_minute)
@@ -32,4 +46,6 @@ def wire(*, connection_string: str, exports_config: str, base_url: str, key: str
     function_app._orchestrator = build_orchestrator(
         settings, queues=PrefixedQueues(StageQueues.from_connection_string(connection_string), queue_prefix),
         key_provider=StaticKeyProvider(key), budget=budget, verify_delay=verify_delay,
-        send_backoff=tuple(send_backoff), late_tolerance=late_tolerance, release_lead=release_lead)
+        send_backoff=tuple(send_backoff), late_tolerance=late_tolerance, release_lead=release_lead,
+        # A twin that finds a live send claim looks again this much later (30 s in production).
+        **({} if claim_seconds is None else {"claim_recheck_delay": 1}))

@@ -18,6 +18,7 @@ from shared.queues import StageMessage, StageQueues
 from shared.runs import RunPaths
 from shared.secrets import StaticKeyProvider
 from shared.state import load_state
+from tests.azure.concurrent_host import PrefixedQueues
 from tests.azure.test_functions_flow import KEY, Flow, shared_host
 
 pytestmark = pytest.mark.azurite
@@ -60,7 +61,8 @@ def report_of(flow: Flow, run_id: str) -> dict:
 def second_instance(flow: Flow, azurite: str):
     """Another instance of the app: its own context, client and connections over the same storage and queues."""
     first = function_app._orchestrator
-    return build_orchestrator(first.ctx.settings, queues=StageQueues.from_connection_string(azurite),
+    queues = PrefixedQueues(StageQueues.from_connection_string(azurite), flow.host.queue_prefix)
+    return build_orchestrator(first.ctx.settings, queues=queues,
                               key_provider=StaticKeyProvider(KEY), verify_delay=0, send_backoff=(0,),
                               claim_recheck_delay=1)
 
@@ -108,7 +110,7 @@ class HeldBackSends:
     """Queues as a busy host sees them: every first send message waits ``hold`` real seconds before it is
     delivered (sends queued behind other work), and verify rounds come no faster than every second."""
 
-    def __init__(self, inner: StageQueues, hold: int) -> None:
+    def __init__(self, inner, hold: int) -> None:
         self.inner, self.hold = inner, hold
 
     def send(self, queue_name, message, delay_seconds: int = 0) -> str:
@@ -127,7 +129,8 @@ def test_a_verify_limit_reached_while_batches_are_still_queued_marks_none_failed
     # Only the one-hour limit is under test: keep the 24-hour unsent backstop out of reach of a slow machine.
     orchestrator.unsent_give_up_seconds = 1e9
     # Sends wait 4 real s = 66 scaled minutes in the queue: past the old one-hour limit counted from planning.
-    orchestrator.queues = HeldBackSends(StageQueues.from_connection_string(azurite), hold=4)
+    orchestrator.queues = HeldBackSends(orchestrator.queues, hold=4)  # over the host's own (prefixed) queues
+    orchestrator.pacer = None  # no budget slots here: only the hold decides when a send runs
     run_id = json.loads(flow.start().get_body())["runId"]
 
     flow.run_to_end(max_seconds=90)
@@ -229,7 +232,7 @@ class LostSends(HeldBackSends):
 def test_batches_whose_send_messages_never_ran_end_unconfirmed_not_failed(make_flow, azurite):
     flow = make_flow()
     orchestrator = function_app._orchestrator
-    orchestrator.queues = LostSends(StageQueues.from_connection_string(azurite), hold=0)
+    orchestrator.queues = LostSends(orchestrator.queues, hold=0)
     orchestrator.unsent_give_up_seconds = 2  # 24 hours in production
     run_id = json.loads(flow.start().get_body())["runId"]
 
