@@ -562,7 +562,7 @@ def test_a_finalisation_whose_holder_died_is_finished_by_the_next_timer_fire(tmp
     flow.host.pump(until_idle=True, max_seconds=30)
     report = flow.status(run_id)["report"]
     assert report["status"] == "succeeded" and report["sent"] == len(flow.sim.contacts()) == 1_000
-    flow.queue_service.get_queue_client(names.FINALISE_QUEUE).clear_messages()  # the delayed re-check
+    flow.host.queue_client(names.FINALISE_QUEUE).clear_messages()  # the delayed re-check
 
 
 def test_untagging_runs_in_queued_chunks_each_done_once(tmp_path, timed_flow):
