@@ -297,6 +297,20 @@ class OmnisendClient:
             )
         return str(batch_id)
 
+    def _batch_list_page(self, params: dict[str, Any]) -> tuple[list, dict]:
+        """One page of ``GET /batches``: its ``batches`` list (entries unchecked) and its ``paging`` object."""
+        resp = self._request("GET", "/batches", params=params)
+        if resp.status_code >= 300:
+            raise self._unexpected("GET", "/batches", resp.status_code, self._problem(resp))
+        data = _json(resp)
+        batches = data.get("batches") if isinstance(data, dict) else None
+        if not isinstance(batches, list):
+            raise UnexpectedResponse(
+                f"Omnisend GET {self._path('/batches')} → {resp.status_code} without a batches list", status=None
+            )
+        paging = data.get("paging")
+        return batches, paging if isinstance(paging, dict) else {}
+
     def batch_statuses(self, batch_ids: Collection[str]) -> dict[str, BatchStatus]:
         """Statuses of ``batch_ids``, cheaply: list pages first (250 batches a request), then one GET per id not seen.
 
@@ -309,20 +323,11 @@ class OmnisendClient:
         offset = pages = 0
         while len(found) < len(wanted) and pages < len(wanted) - len(found):
             params = {"endpoint": "contacts", "limit": BATCH_LIST_PAGE_SIZE, "offset": offset}
-            resp = self._request("GET", "/batches", params=params)
-            if resp.status_code >= 300:
-                raise self._unexpected("GET", "/batches", resp.status_code, self._problem(resp))
-            data = _json(resp)
-            batches = data.get("batches") if isinstance(data, dict) else None
-            if not isinstance(batches, list):
-                raise UnexpectedResponse(
-                    f"Omnisend GET {self._path('/batches')} → {resp.status_code} without a batches list", status=None
-                )
+            batches, paging = self._batch_list_page(params)
             pages += 1
             for body in batches:
                 if isinstance(body, dict) and body.get("batchID") in wanted:
                     found[body["batchID"]] = _batch_status(body)
-            paging = data.get("paging") if isinstance(data.get("paging"), dict) else {}
             if len(batches) < BATCH_LIST_PAGE_SIZE or ("next" in paging and not paging["next"]):
                 break
             offset += len(batches)
@@ -374,15 +379,7 @@ class OmnisendClient:
         offset = 0
         for _ in range(max_pages):
             params = {"endpoint": "contacts", "limit": BATCH_LIST_PAGE_SIZE, "offset": offset, "dateFrom": since_day}
-            resp = self._request("GET", "/batches", params=params)
-            if resp.status_code >= 300:
-                raise self._unexpected("GET", "/batches", resp.status_code, self._problem(resp))
-            data = _json(resp)
-            batches = data.get("batches") if isinstance(data, dict) else None
-            if not isinstance(batches, list):
-                raise UnexpectedResponse(
-                    f"Omnisend GET {self._path('/batches')} → {resp.status_code} without a batches list", status=None
-                )
+            batches, _ = self._batch_list_page(params)
             reached_older = False
             for body in batches:
                 if not isinstance(body, dict):
