@@ -231,6 +231,12 @@ class BudgetPacer:
     within [slot, slot + tolerance] whatever happened before it. Any other request takes a slot from the budget now
     (``RequestBudget.take``). One prepaid slot pays for one request: a second request in the same block (a key
     re-read after a 401) takes its own slot.
+
+    ``prepaid(slot, count=n)``: the message was released for ``n`` consecutive send-lane slots from ``slot`` (one
+    ``reserve(n)``, ``send_interval`` apart): a claim takeover's adoption reads and its POST
+    (shared/pipeline/send.py). Each request takes the next of them, waiting for it if early; a slot already more
+    than the tolerance past is skipped (wasted, never used late, so no window holds more than the budget), and
+    ``SlotMissed`` is raised only when every slot was missed before any was used.
     """
 
     def __init__(self, budget: RequestBudget, *, sleep: Callable[[float], None] = time.sleep) -> None:
@@ -240,8 +246,9 @@ class BudgetPacer:
         self._local = threading.local()
 
     @contextlib.contextmanager
-    def prepaid(self, slot: float, late_tolerance: float = LATE_TOLERANCE_SECONDS) -> Iterator[None]:
-        self._local.slot = (slot, late_tolerance)
+    def prepaid(self, slot: float, late_tolerance: float = LATE_TOLERANCE_SECONDS, *, count: int = 1) -> Iterator[None]:
+        slots = [slot + i * self.budget.send_interval for i in range(max(1, count))]
+        self._local.slot = _Prepaid(slots, late_tolerance)
         try:
             yield
         finally:
@@ -250,11 +257,13 @@ class BudgetPacer:
     def acquire(self) -> None:
         prepaid = getattr(self._local, "slot", None)
         if prepaid is not None:
-            self._local.slot = None
-            slot, tolerance = prepaid
-            late = self.budget.clock() - slot
-            if late > tolerance:
-                raise SlotMissed(f"{late:.1f} s past its request slot (tolerance {tolerance} s)")
+            slot = prepaid.next(self.budget.clock())
+            if slot is None:
+                self._local.slot = None  # spent or missed: later requests of this block take their own slots
+                if not prepaid.used:
+                    late = self.budget.clock() - prepaid.first
+                    raise SlotMissed(f"{late:.1f} s past its request slot (tolerance {prepaid.tolerance} s)")
+                slot = self.budget.take()
         else:
             slot = self.budget.take()
         wait = slot - self.budget.clock()
@@ -263,3 +272,22 @@ class BudgetPacer:
 
     def defer(self, seconds: float) -> None:
         self.budget.defer(seconds)
+
+
+class _Prepaid:
+    """The send-lane slots one invocation's message was released for, used in order (see ``BudgetPacer``)."""
+
+    def __init__(self, slots: list[float], tolerance: float) -> None:
+        self.first = slots[0]
+        self.tolerance = tolerance
+        self.used = False
+        self._slots = slots
+
+    def next(self, now: float) -> float | None:
+        """The next slot a request made ``now`` may use (None: none left); slots already missed are dropped."""
+        while self._slots and now - self._slots[0] > self.tolerance:
+            self._slots.pop(0)
+        if not self._slots:
+            return None
+        self.used = True
+        return self._slots.pop(0)

@@ -35,7 +35,7 @@ from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
 from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
-from shared.pipeline.send import SEND_CLAIM_SECONDS, claim_exists
+from shared.pipeline.send import SEND_CLAIM_SECONDS, TAKEOVER_SLOTS, TakeoverNeedsSlots, claim_exists
 from shared.pipeline.verify import VERIFY_CONFIRM_SECONDS
 from shared.preflight import preflight
 from shared.queues import MAX_DELAY_SECONDS, StageMessage
@@ -65,6 +65,12 @@ SEND_CLAIMED_RECHECK_SECONDS = 30
 # A send that keeps meeting 429/5xx is re-enqueued with back-off this many times, then counted as failed.
 SEND_MAX_REQUEUES = 8
 SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
+# A send put back because the budget had no slot for it (SlotMissed: it reached its request too late; BudgetBusy;
+# TakeoverNeedsSlots) asked nothing of Omnisend, so it is not an attempt; but it must not come back for ever. After
+# this many such re-queues its batch is recorded unconfirmed if a takeover was under way (the dead holder may have
+# POSTed it), else failed (never sent). A takeover needs one re-queue (to be released for TAKEOVER_SLOTS slots) and
+# then runs on its own slots; the rest is room for storage slow enough to make a send miss its slot again and again.
+SEND_MAX_BUDGET_REQUEUES = 12
 # A run whose plan message never arrived (lost between the start and the enqueue) is re-planned by the timer.
 STALE_PLAN_SECONDS = 15 * 60
 # Must equal host.json extensions.queues.maxDequeueCount (tests/azure check it): used in the poison reason.
@@ -291,48 +297,56 @@ class Orchestrator:
         delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.release_lead - self.pacer.budget.clock())))
         self.queues.send(names.SEND_QUEUE, timed, delay_seconds=delay)
 
-    def _slot_or_reschedule(self, message: StageMessage) -> float | None | str:
-        """The slot this delivery may use; or "rescheduled" when it went back to the queue for a slot: too late for
-        its own (a crashed instance's message, a backlog) or far too early."""
+    def _slot_or_reschedule(self, message: StageMessage) -> tuple[float | None, StageMessage] | str:
+        """The slot this delivery may use, with the message as it runs; or "rescheduled" when it went back to the
+        queue for a slot: too late for its own (a crashed instance's message, a backlog) or far too early."""
         slot = message.extra.get("slot")
         if self.pacer is None or slot is None:
-            return None  # no slot: the client takes one from the budget at request time
+            return None, message  # no slot: the client takes one from the budget at request time
         now = self.pacer.budget.clock()
         if now - slot > self.late_tolerance:
-            fresh = self.pacer.budget.reserve(1)[0]
+            paths = RunPaths(message.export, message.run_id)
+            if self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.sent(message.batch, 0)):
+                return None, message  # sent already (a redelivery, a twin's re-check): it ends without a request
+            if self._slots_needed(message) < TAKEOVER_SLOTS and claim_exists(self.ctx, paths, message.batch):
+                # Late and its batch claimed: most likely the redelivery of a send whose instance died, which will
+                # take the claim over. Its new reservation pays for the adoption reads too (TAKEOVER_SLOTS), which
+                # spares it a second trip to the end of the send lane (TakeoverNeedsSlots).
+                message = StageMessage(message.export, message.run_id, message.batch, message.attempt,
+                                       {**message.extra, "slots": TAKEOVER_SLOTS})
+            fresh = self.pacer.budget.reserve(self._slots_needed(message))[0]
             if fresh - now <= self.late_tolerance:
                 # The send lane is idle (instances slower than the budget, or a backlog drained): run on the fresh
                 # slot now. Re-queuing here would only make the next delivery late again, for ever.
-                return float(fresh)
+                return float(fresh), message
             self._send_at(message, fresh)
             return "rescheduled"
         if slot - now > MAX_EARLY_SLEEP_SECONDS + self.release_lead:
             self._send_at(message, slot)
             return "rescheduled"
-        return float(slot)
+        return float(slot), message
 
     def on_send(self, message: StageMessage) -> str:
         export, run_id, n = message.export, message.run_id, message.batch
         paths = RunPaths(export, run_id)
         if self._stopped(paths):
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
-        slot = self._slot_or_reschedule(message)
-        if slot == "rescheduled":
+        timed = self._slot_or_reschedule(message)
+        if timed == "rescheduled":
             return "rescheduled"
+        slot, message = timed
+        slots = self._slots_needed(message)
         try:
             if slot is None:
-                outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+                outcome = pipeline.send_batch(self.ctx, export, run_id, n, takeover_paid=self.pacer is None)
             else:
-                # The POST uses the slot this message was released for, or none if that slot is missed by then.
-                with self.pacer.prepaid(slot, self.late_tolerance):
-                    outcome = pipeline.send_batch(self.ctx, export, run_id, n)
-        except (SlotMissed, BudgetBusy):
-            # The budget had no slot for this POST: nothing reached Omnisend, so it is not an attempt either.
-            if self.pacer is None:
-                self.queues.send(names.SEND_QUEUE, message, delay_seconds=self.verify_delay or 1)
-            else:
-                self._send_at(message, self.pacer.budget.reserve(1)[0])
-            return "rescheduled"
+                # The POST uses the slot this message was released for, or none if that slot is missed by then; a
+                # takeover's message was released for TAKEOVER_SLOTS slots, for its adoption reads and its POST.
+                with self.pacer.prepaid(slot, self.late_tolerance, count=slots):
+                    outcome = pipeline.send_batch(self.ctx, export, run_id, n,
+                                                  takeover_paid=slots >= TAKEOVER_SLOTS)
+        except (SlotMissed, BudgetBusy) as exc:
+            return self._requeue_for_budget(message, exc)
         except STOPS_THE_RUN as exc:
             # The same for every batch of the run: it is marked stopped once; its later messages end without a
             # request.
@@ -350,7 +364,7 @@ class Orchestrator:
                 self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
             else:  # a retry is a new request: it takes a new slot of the budget, no earlier than the back-off
                 self._send_at(message.retried(), self.pacer.budget.reserve(
-                    1, not_before=self.pacer.budget.clock() + delay)[0])
+                    slots, not_before=self.pacer.budget.clock() + delay)[0])
             log.warning("send export=%s runId=%s batch=%d retry in %ss: %s", export, run_id, n, int(delay), exc)
             return "requeued"
         if outcome == "claimed-elsewhere":
@@ -361,6 +375,39 @@ class Orchestrator:
         if outcome == "rejected":
             self._finalise_by_name(export, run_id)
         return outcome
+
+    @staticmethod
+    def _slots_needed(message: StageMessage) -> int:
+        """Send-lane slots the message is released for: 1, or TAKEOVER_SLOTS once it must take over a claim."""
+        return max(1, int(message.extra.get("slots", 1)))
+
+    def _requeue_for_budget(self, message: StageMessage, exc: RetryLater) -> str:
+        """The budget had no slot for this send's requests (nothing reached Omnisend, so it is not an attempt): put
+        it back on a new reservation (TAKEOVER_SLOTS slots for a takeover), at most SEND_MAX_BUDGET_REQUEUES times."""
+        export, run_id, n = message.export, message.run_id, message.batch
+        takeover = isinstance(exc, TakeoverNeedsSlots) or self._slots_needed(message) >= TAKEOVER_SLOTS
+        requeues = int(message.extra.get("budgetRequeues", 0)) + 1
+        if requeues > SEND_MAX_BUDGET_REQUEUES:
+            why = f"no request slot of the budget in {SEND_MAX_BUDGET_REQUEUES} tries ({exc})"
+            if takeover:  # its dead holder may have POSTed it: neither delivered nor failed
+                pipeline.record_batch_unconfirmed(self.ctx, export, run_id, n, f"its claim takeover got {why}")
+                outcome = "unconfirmed"
+            else:
+                pipeline.record_batch_failure(self.ctx, export, run_id, n, f"never sent: {why}")
+                outcome = "failed"
+            self._finalise_by_name(export, run_id)
+            return outcome
+        extra = {**message.extra, "budgetRequeues": requeues}
+        if takeover:
+            extra["slots"] = TAKEOVER_SLOTS
+        again = StageMessage(export, run_id, n, message.attempt, extra)
+        if self.pacer is None:
+            self.queues.send(names.SEND_QUEUE, again, delay_seconds=self.verify_delay or 1)
+        else:
+            self._send_at(again, self.pacer.budget.reserve(self._slots_needed(again))[0])
+        log.info("send export=%s runId=%s batch=%d back on the budget (%d of %d): %s", export, run_id, n, requeues,
+                 SEND_MAX_BUDGET_REQUEUES, exc)
+        return "rescheduled"
 
     def on_verify(self, message: StageMessage) -> pipeline.VerifyOutcome | None:
         """One round of checking a group of batches. Each (group, round) is claimed by a marker, so duplicate

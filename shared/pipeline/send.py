@@ -13,6 +13,13 @@ the same emails echoed by GET /batches/{id}/items); found → adopted, no POST. 
 still pending with no items to compare, more candidates than we check, no echo), it POSTs again: the effect is
 bounded to one more upsert of the same contacts per takeover (Omnisend applies upserts by email; contacts end the
 same), and it is logged as such.
+
+Those adoption reads need request slots of the brand's budget (shared/budget.py) beyond the one a send message is
+released for. A takeover never takes them at request time (the side lane may be busy for longer than an invocation
+may wait, and re-queuing for it would repeat for ever): a delivery released for one slot that finds it must take
+over gives the claim back at once, before any request, and raises ``TakeoverNeedsSlots``; the orchestrator
+re-queues the message released for ``TAKEOVER_SLOTS`` consecutive send-lane slots, which pay for every read and the
+POST.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from shared.budget import BudgetBusy
 from shared.omnisend.errors import BatchRejected
 from shared.pipeline.context import RUNS, Context, _now_iso, log
 from shared.runs import (
@@ -42,6 +50,15 @@ CLAIM_CLOCK_SKEW_SECONDS = 120
 # instance died mid-send), and past these bounds a duplicate upsert is cheaper than the reads.
 DETECT_MAX_LIST_PAGES = 2
 DETECT_MAX_CANDIDATES = 5
+# Every request a takeover may make: the list pages, one item read per candidate, and the POST. A takeover's message
+# is released for this many send-lane slots at once, so it never waits for a slot inside its invocation.
+TAKEOVER_SLOTS = DETECT_MAX_LIST_PAGES + DETECT_MAX_CANDIDATES + 1
+
+
+class TakeoverNeedsSlots(BudgetBusy):
+    """This send must take over a dead holder's claim, but its message was released for one request slot, not the
+    ``TAKEOVER_SLOTS`` the adoption reads and the POST need. Nothing was asked of Omnisend and the claim was given
+    back: send the message again released for ``TAKEOVER_SLOTS`` slots."""
 
 # ---------------------------------------------------------------------------------------------------- send
 
@@ -144,9 +161,12 @@ def _create_claim(ctx: Context, paths: RunPaths, n: int, generation: int, previo
     return Claim(True, generation, previous)
 
 
-def send_batch(ctx: Context, export: str, run_id: str, n: int, *, sole_sender: bool = False) -> str:
+def send_batch(ctx: Context, export: str, run_id: str, n: int, *, sole_sender: bool = False,
+               takeover_paid: bool = True) -> str:
     """Submit batch n once. Returns "submitted", "already-sent", "claimed-elsewhere" (a twin holds the claim: look
-    again later) or "rejected" (Omnisend refused the whole batch)."""
+    again later) or "rejected" (Omnisend refused the whole batch). ``takeover_paid``: False when this delivery's
+    requests were paid for one slot only (the Functions app's budget): a takeover then raises
+    ``TakeoverNeedsSlots`` before any request instead of starving on the budget (see the module docstring)."""
     paths = RunPaths(export, run_id)
     if _already_sent(ctx, paths, n):
         return "already-sent"
@@ -160,6 +180,8 @@ def send_batch(ctx: Context, export: str, run_id: str, n: int, *, sole_sender: b
         return "already-sent"
     tally = RequestTally(ctx)
     try:
+        if claim.taken_over is not None and not takeover_paid:
+            raise TakeoverNeedsSlots(f"batch {n}: taking over an expired claim needs {TAKEOVER_SLOTS} request slots")
         return _send_claimed(ctx, paths, n, batch, claim, tally)
     except BaseException:
         # The POST did not succeed (or its answer was lost): give the claim back so the retry of this message
@@ -280,7 +302,7 @@ def record_batch_unconfirmed(ctx: Context, export: str, run_id: str, n: int, rea
         sizes = (read_json(ctx.state_store, RUNS, paths.manifest) or {}).get("batchSizes") or []
         rows = [["", "", "", 0]] * (sizes[n - 1] if n <= len(sizes) else 0)
     submitted = ctx.state_store.exists(RUNS, paths.sent(n, 0))
-    known = "submitted to Omnisend, not confirmed" if submitted else "not submitted when verification gave up"
+    known = "submitted to Omnisend, not confirmed" if submitted else "no submission recorded"
     unconfirmed = [_failed_row(row, None, f"{known}: {reason}") for row in rows]
     created = _write_result(ctx, paths, n, sent=0, failed=[], unconfirmed=unconfirmed, attempts=0)
     log.error("batch unconfirmed export=%s runId=%s batch=%d rows=%d reason=%s", export, run_id, n, len(rows), reason)

@@ -53,11 +53,6 @@ TIMING = Timing(lease_seconds=6, renew_seconds=1.5, retry_visibility_seconds=1, 
 # Claims and leases (send claims, verify rounds, finalisation) outlive the longest invocation: 11-15 min against a
 # 10-minute functionTimeout in production; here 8 s against the 6 s lease that stands for it.
 CLAIM_SECONDS = 8
-# KNOWN BUG (issue 8, open): after a SIGKILL, the send that takes over an expired claim first lists recent batches
-# to adopt the dead holder's POST; those extra requests need budget slots beyond the one its message was released
-# for, the side lane refuses (BudgetBusy), the message is re-queued, and the takeover repeats until the run times
-# out. The scenarios that kill a busy sender are therefore not run (each would burn 120 s of CI).
-TAKEOVER_LIVELOCK = "known bug: a claim takeover's adoption requests starve on the budget (see TAKEOVER_LIVELOCK)"
 # The late tolerance is scaled, this machine's polling lag and storage calls are not (and other test runs share its
 # two cores): send messages become visible 0.5-1.5 s before their slot and wait for it in the invocation, so at
 # 4.6 sends/s about 5 invocations wait at any moment: 8 send threads per worker.
@@ -262,7 +257,6 @@ def posts_to_batches(sim: Simulator) -> int:
     return sim.state(include_contacts=False)["stats"]["requests_by_route"].get("POST /api/batches", 0)
 
 
-@pytest.mark.xfail(run=False, reason=TAKEOVER_LIVELOCK)
 def test_random_sigkills_of_busy_workers_through_a_run_lose_nothing(scenario):
     """Every 3 s while batches are being POSTed, SIGKILL a random worker that has a send in flight; dead workers
     are replaced. Each killed send comes back after its lease: at most the sends in flight at a kill POST twice."""
@@ -292,7 +286,6 @@ def test_random_sigkills_of_busy_workers_through_a_run_lose_nothing(scenario):
     assert numbers["responses_429"] == 0
 
 
-@pytest.mark.xfail(run=False, reason=TAKEOVER_LIVELOCK)
 def test_a_sigkill_right_after_a_post_duplicates_at_most_what_that_worker_had_in_flight(scenario):
     s = scenario([(5_000, 7)])
     with s.host(2, kill_points=(KillPoint("after-post", r"^POST .*/batches$", nth=5),)) as host:
