@@ -391,3 +391,56 @@ def test_a_429_retry_takes_a_slot_no_earlier_than_omnisends_retry_after(scenario
     lanes = orchestrator.pacer.budget.lanes()
     assert lanes["cursor"] >= t0 + 30  # the retry's slot, and every slot after it, is past retryAfter
     assert send_messages(s, wait=0) == []  # the retried message is hidden until then
+
+
+def test_a_takeover_while_both_lanes_are_busy_adopts_the_dead_holders_post_on_slots_of_its_own(scenario):
+    """Issue 8's starvation, deterministically. A send POSTed its batch and died before its marker; its redelivery
+    must take the claim over and read Omnisend's batches to find that POST, while other sends book the send lane and
+    other verify polls book the side lane far beyond an invocation's wait. It is released once more for
+    TAKEOVER_SLOTS send-lane slots and adopts the batch on them: no second POST, no slot taken at request time."""
+    from shared.pipeline.send import TAKEOVER_SLOTS, claim_path
+    from shared.queues import StageMessage
+    from shared.runs import RunPaths, dumps, read_json
+
+    s = scenario([(2_000, 7)])
+    orchestrator, run = planned_run(s)
+    orchestrator.on_plan(run)
+    StageQueues.from_connection_string(s.azurite).client(s.queue_prefix + names.SEND_QUEUE).clear_messages()
+    budget, store = orchestrator.pacer.budget, orchestrator.ctx.state_store
+    paths = RunPaths(run.export, run.run_id)
+    deadline = time.monotonic() + 60
+    while budget.lanes()["cursor"] > time.time() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the planned sends' slots are past (they were cleared): the send lane is idle
+    # The holder: POSTs batch 1 on its slot, then dies before writing its marker (its claim runs out).
+    holder_slot = budget.reserve(1)[0]
+    assert orchestrator.on_send(StageMessage(run.export, run.run_id, 1, extra={"slot": holder_slot})) == "submitted"
+    store.delete(names.RUNS_CONTAINER, paths.sent(1, 0))
+    claim = claim_path(paths, 1, 0)
+    store.write(names.RUNS_CONTAINER, claim, dumps({**read_json(store, names.RUNS_CONTAINER, claim),
+                                                    "expiresAt": time.time() - 1}))
+    time.sleep(1.0)  # Omnisend finishes the dead holder's batch (the simulator takes 0.2 s)
+    before = s.sim.state(include_contacts=False)["stats"]["requests_by_route"]
+    for _ in range(30):  # verify polls of other runs book the side lane for the next ~150 s
+        budget.take(max_wait=float("inf"))
+    side = budget.lanes()["side"]
+    budget.reserve(5)  # and other sends book the send lane for the next second
+
+    # The redelivery, past its slot; then whatever it put back on the queue, as the host would deliver it.
+    outcomes = [orchestrator.on_send(StageMessage(run.export, run.run_id, 1, attempt=0, extra={"slot": holder_slot}))]
+    released_for = []
+    while not store.exists(names.RUNS_CONTAINER, paths.sent(1, 0)) and time.monotonic() < deadline:
+        if budget.lanes()["cursor"] < time.time() + 1:
+            budget.reserve(5)  # other sends keep the send lane busy: a slot taken now would be a side-lane slot
+        for body in send_messages(s, wait=0.2):
+            released_for.append(body.get("slots", 1))
+            outcomes.append(orchestrator.on_send(StageMessage.parse(body)))
+
+    marker = read_json(store, names.RUNS_CONTAINER, paths.sent(1, 0))
+    assert marker is not None and marker.get("adopted") is True, outcomes
+    assert outcomes[-1] == "submitted" and set(released_for) == {TAKEOVER_SLOTS}, (outcomes, released_for)
+    after = s.sim.state(include_contacts=False)["stats"]["requests_by_route"]
+    made = {route: after[route] - before.get(route, 0) for route in after if after[route] != before.get(route, 0)}
+    print(json.dumps({"outcomes": outcomes, "released_for": released_for, "requests": made}))
+    assert posts_to_batches(s.sim) == 1  # the holder's POST only: adopted, not sent again
+    assert sum(made.values()) <= TAKEOVER_SLOTS  # the list and item reads, each on a slot of the reservation
+    assert budget.lanes()["side"] == side  # nothing taken at request time
