@@ -103,3 +103,40 @@ def test_a_prepaid_slot_missed_by_more_than_the_tolerance_refuses_to_send(azurit
         pacer.acquire()
     with pacer.prepaid(NOW - 1, late_tolerance=2):
         pacer.acquire()  # late, but within the tolerance: goes now
+
+
+def test_a_takeovers_prepaid_slots_are_spent_in_order_each_waited_for(azurite, container):
+    budget = budget_in(azurite, container)
+    slept: list[float] = []
+    pacer = BudgetPacer(budget, sleep=slept.append)
+    [first, second, third] = budget.reserve(3)  # the three slots its message was released for
+    with pacer.prepaid(first, count=3):
+        for _ in range(3):
+            pacer.acquire()
+    assert slept == pytest.approx([second - NOW, third - NOW])  # the first is now; the others are waited for
+    assert budget.lanes()["side"] == 0  # nothing was taken at request time
+
+
+def test_a_prepaid_slot_already_missed_is_skipped_never_used_late(azurite, container):
+    clock = [NOW]
+    budget = budget_in(azurite, container, clock=lambda: clock[0])
+    slept: list[float] = []
+    pacer = BudgetPacer(budget, sleep=slept.append)
+    slots = budget.reserve(8)
+    budget.reserve(100)  # later sends book the send lane
+    with pacer.prepaid(slots[0], late_tolerance=0.1, count=8):
+        pacer.acquire()  # slot 0, now
+        clock[0] = slots[5] + 0.05  # a slow read: slots 1-4 are more than the tolerance past, slot 5 is not
+        pacer.acquire()  # slot 5, now
+        pacer.acquire()  # slot 6, waited for
+        clock[0] = slots[7] + 0.2  # slot 7 missed too: the next request takes a slot of its own (side lane)
+        pacer.acquire()
+    assert slept == pytest.approx([slots[6] - slots[5] - 0.05])
+    assert budget.lanes()["side"] == pytest.approx(clock[0] + 60 / (300 * SIDE_SHARE))
+
+
+def test_prepaid_slots_all_missed_before_any_was_used_refuse_to_send(azurite, container):
+    budget = budget_in(azurite, container)
+    pacer = BudgetPacer(budget, sleep=lambda s: None)
+    with pytest.raises(SlotMissed), pacer.prepaid(NOW - 10, late_tolerance=2, count=8):
+        pacer.acquire()  # its 8 slots span under 2 s: all of them are more than 2 s past

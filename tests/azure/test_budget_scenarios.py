@@ -444,3 +444,31 @@ def test_a_takeover_while_both_lanes_are_busy_adopts_the_dead_holders_post_on_sl
     assert posts_to_batches(s.sim) == 1  # the holder's POST only: adopted, not sent again
     assert sum(made.values()) <= TAKEOVER_SLOTS  # the list and item reads, each on a slot of the reservation
     assert budget.lanes()["side"] == side  # nothing taken at request time
+
+
+def test_a_takeover_that_never_gets_its_slots_ends_unconfirmed_instead_of_coming_back_for_ever(scenario):
+    """A send put back for lack of budget is not an Omnisend attempt, but it is bounded: a takeover (its dead holder
+    may have POSTed) that is put back more than SEND_MAX_BUDGET_REQUEUES times records its batch unconfirmed, and the
+    run can finish; nothing is POSTed."""
+    from shared.orchestrator import SEND_MAX_BUDGET_REQUEUES
+    from shared.pipeline.send import claim_path
+    from shared.queues import StageMessage
+    from shared.runs import RunPaths, dumps, read_json
+
+    s = scenario([(2_000, 7)])
+    orchestrator, run = planned_run(s)
+    orchestrator.on_plan(run)
+    store = orchestrator.ctx.state_store
+    paths = RunPaths(run.export, run.run_id)
+    now = time.time()
+    store.create(names.RUNS_CONTAINER, claim_path(paths, 1, 0),
+                 dumps({"claimedAt": now - 60, "expiresAt": now - 1, "holder": "an instance that died"}))
+    # Released for one slot, on time, after its last allowed trip back to the budget.
+    last = StageMessage(run.export, run.run_id, 1, extra={"slot": now, "budgetRequeues": SEND_MAX_BUDGET_REQUEUES})
+
+    assert orchestrator.on_send(last) == "unconfirmed"
+
+    result = read_json(store, names.RUNS_CONTAINER, paths.result(1))
+    assert result["sent"] == 0 and result["failed"] == [] and len(result["unconfirmed"]) == 100
+    assert "no request slot of the budget" in result["unconfirmed"][0]["omnisendMessage"]
+    assert posts_to_batches(s.sim) == 0
