@@ -14,10 +14,11 @@ from collections.abc import Sequence
 def wire(*, connection_string: str, exports_config: str, base_url: str, key: str, requests_per_minute: int,
          queue_prefix: str, budget_container: str, verify_delay: int, late_tolerance: float,
          send_backoff: Sequence[int], slot_wait: float, release_lead: float,
-         claim_seconds: float | None = None) -> None:
+         claim_seconds: float | None = None, verify_confirm_seconds: float | None = None) -> None:
     """``claim_seconds``: the send claims', verify rounds' and finalisation leases' expiry, scaled with the stand-in's
     lease (production: longer than host.json's 10-minute functionTimeout; here, longer than the scaled lease that
-    stands for it), so a killed worker's claims expire within the scenario's seconds."""
+    stands for it), so a killed worker's claims expire within the scenario's seconds. ``verify_confirm_seconds``:
+    verification's per-batch time limit (production: one hour after the batch's submission), scaled likewise."""
     from azure.storage.blob import BlobServiceClient
 
     import function_app
@@ -48,4 +49,5 @@ def wire(*, connection_string: str, exports_config: str, base_url: str, key: str
         key_provider=StaticKeyProvider(key), budget=budget, verify_delay=verify_delay,
         send_backoff=tuple(send_backoff), late_tolerance=late_tolerance, release_lead=release_lead,
         # A twin that finds a live send claim looks again this much later (30 s in production).
-        **({} if claim_seconds is None else {"claim_recheck_delay": 1}))
+        **({} if claim_seconds is None else {"claim_recheck_delay": 1}),
+        **({} if verify_confirm_seconds is None else {"verify_confirm_seconds": verify_confirm_seconds}))

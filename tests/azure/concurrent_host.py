@@ -29,8 +29,8 @@ moment; instances die mid-invocation and their messages come back after the leas
 - **twin delivery** (``twin_functions``): the first delivery of a message to those functions makes the message
   visible again at once, so another thread or worker receives it too and both run at the same moment (what happens
   when a lease lapses under a slow invocation); the loser's delete fails on its stale pop receipt and is ignored;
-- ``timer(name)`` fires a timer function in the test process (``HostStandIn.timer``); HTTP likewise via
-  ``HostStandIn.http`` in the test process;
+- ``timer(name)`` fires a timer function in the test process (``HostStandIn.timer``); ``http(name, ...)`` calls
+  an HTTP function there (by function name; ``HostStandIn.http`` matches routes);
 - **events**: each worker appends JSON lines to its own file (invocations, HTTP requests to Omnisend with their
   times and status, kills), flushed per line so a SIGKILL loses at most a half line, which is skipped.
 
@@ -264,6 +264,25 @@ class ConcurrentHost:
                 f.get_user_function()(**{trigger["name"]: TimerRequest(past_due=past_due)})
                 return
         raise KeyError(f"no timer function {name!r} in {self.config.app_module}")
+
+    def http(self, name: str, method: str, path: str, *, route_params: Mapping[str, str] | None = None,
+             body: Any = None) -> Any:
+        """Call the app's HTTP function ``name`` once, in the test process (a real ``func.HttpRequest`` with these
+        route parameters and JSON ``body``), like an HTTP request reaching one instance; its HttpResponse."""
+        import azure.functions as func
+
+        app = importlib.import_module(self.config.app_module).app
+        if self.config.bootstrap and not self._bootstrapped:
+            self.bootstrap_here()
+        for builder in app._function_builders:  # not get_functions(): see timer()
+            f = builder.build(app.auth_level)
+            trigger = f.get_trigger().get_dict_repr()
+            if f.get_function_name() == name and trigger["type"] == "httpTrigger":
+                request = func.HttpRequest(method.upper(), f"http://localhost:7071/api/{path.lstrip('/')}",
+                                           body=b"" if body is None else json.dumps(body).encode(),
+                                           route_params=dict(route_params or {}))
+                return f.get_user_function()(**{trigger["name"]: request})
+        raise KeyError(f"no HTTP function {name!r} in {self.config.app_module}")
 
     def bootstrap_here(self) -> None:
         """Run the bootstrap in the test process too (for timer and HTTP calls made from the test)."""

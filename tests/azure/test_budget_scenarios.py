@@ -13,63 +13,25 @@ The measured numbers are printed (run with ``-s``) and quoted in docs/azure-loca
 from __future__ import annotations
 
 import bisect
-import collections
-import csv
 import itertools
 import json
 import random
 import time
-import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from azure.storage.blob import BlobServiceClient
 
-from devtools import sample_data
 from devtools.omnisend_sim import SimConfig, Simulator
 from shared import names
 from shared.queues import StageQueues
-from tests.azure.concurrent_host import ConcurrentHost, HostConfig, KillPoint, Timing
+from tests.azure.concurrent_host import ConcurrentHost, KillPoint
+from tests.azure.scenario_support import BUDGET_PER_MINUTE, KEY, Scenario, posts_to_batches
 
 pytestmark = pytest.mark.azurite
 
-KEY = "budget-key"
 # Omnisend's sliding minute, scaled by 1/3 so a scenario sends for about half a minute instead of a minute and a half.
 WINDOW_SECONDS = 20
-BUDGET_PER_MINUTE = 300  # the app's OMNISEND_REQUESTS_PER_MINUTE (the default)
 BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60  # 100: what the simulator allows in any window
-# shared/budget.py's 2 s late tolerance belongs to a 60 s window; scaled with the window (a send starting later
-# than this after its slot takes a new slot).
-LATE_TOLERANCE = 0.5
-# A side-lane request (verify poll) waits at most this long in an invocation (10 s of 60, scaled).
-SLOT_WAIT = 3.0
-VERIFY_DELAY = 2  # seconds between verify rounds (15 s in production)
-SEND_BACKOFF = (1, 2, 4)
-# The host's lease and retry visibility scaled (see concurrent_host.Timing); idle threads poll every 0.5 s at most.
-# A 6 s lease renewed every 1.5 s: on this shared 2-core machine a renewal can be late by seconds, and a lapsed
-# lease is a twin delivery (a second POST), which would blur what the scenarios measure.
-TIMING = Timing(lease_seconds=6, renew_seconds=1.5, retry_visibility_seconds=1, max_poll_seconds=0.5)
-# Claims and leases (send claims, verify rounds, finalisation) outlive the longest invocation: 11-15 min against a
-# 10-minute functionTimeout in production; here 8 s against the 6 s lease that stands for it.
-CLAIM_SECONDS = 8
-# The late tolerance is scaled, this machine's polling lag and storage calls are not (and other test runs share its
-# two cores): send messages become visible 0.5-1.5 s before their slot and wait for it in the invocation, so at
-# 4.6 sends/s about 5 invocations wait at any moment: 8 send threads per worker.
-RELEASE_LEAD = 0.5
-SEND_THREADS = 8
-# Plan and verify pick-up lag does not matter here: idle polling at 1 s spares the shared CPU (sends: 0.5 s).
-SLOW_POLL = {"plan_stage": 1.0, "verify_stage": 1.0}
 ROWS = 13_000  # 130 batches of 100: about 28 s of sending at 92 % of 300/min
-
-
-@dataclass
-class Export:
-    name: str
-    tag: str
-    rows: int
-    seed: int
-    emails: set[str]
 
 
 @pytest.fixture(scope="module")
@@ -78,108 +40,6 @@ def omnisend():
                        rate_window_seconds=WINDOW_SECONDS)
     with Simulator(config) as sim:
         yield sim
-
-
-class Scenario:
-    def __init__(self, tmp_path: Path, azurite: str, sim: Simulator, budget_container: str, queue_prefix: str,
-                 exports: list[tuple[int, int]]) -> None:
-        self.tmp = tmp_path
-        self.azurite = azurite
-        self.sim = sim
-        self.blobs = BlobServiceClient.from_connection_string(azurite)
-        self.queue_prefix = queue_prefix + "-"
-        StageQueues.from_connection_string(azurite).ensure_queues([self.queue_prefix + q for q in names.STAGE_QUEUES])
-        self.budget_container = budget_container
-        self.exports: list[Export] = []
-        definitions = []
-        for rows, seed in exports:
-            name = f"vip-{uuid.uuid4().hex[:8]}"
-            source = f"ci{uuid.uuid4().hex[:12]}"
-            emails = self._upload_segment(source, rows, seed)
-            self.exports.append(Export(name, f"ci-{name}", rows, seed, emails))
-            definitions.append({
-                "name": name,
-                "source": {"container": source, "path": sample_data.EXPORT_PATH, "table": sample_data.TABLE},
-                "mapping": {"email": "EMail", "firstName": "FirstName"},
-                "tags": [f"ci-{name}"], "dataTransferAcknowledged": True,
-            })
-        config_name = f"budget-{uuid.uuid4().hex[:8]}.json"
-        container = self.blobs.get_container_client(names.CONFIG_CONTAINER)
-        if not container.exists():
-            container.create_container()
-        container.upload_blob(config_name, json.dumps({"exports": definitions}), overwrite=True)
-        self.exports_config = f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{config_name}"
-
-    def _upload_segment(self, container_name: str, rows: int, seed: int) -> set[str]:
-        local = self.tmp / uuid.uuid4().hex
-        sample_data.write_export(local, rows, seed=seed, messy=False)
-        container = self.blobs.get_container_client(container_name)
-        container.create_container()
-        base = local / sample_data.CONTAINER
-        emails: set[str] = set()
-        for path in base.rglob("*"):
-            if path.is_file():
-                container.upload_blob(path.relative_to(base).as_posix(), path.read_bytes(), overwrite=True)
-                if path.suffix == ".csv":
-                    with path.open(encoding="utf-8", newline="") as f:
-                        emails |= {row[3].strip().lower() for row in csv.reader(f)}
-        return emails
-
-    def host(self, workers: int, **config) -> ConcurrentHost:
-        cfg = HostConfig(
-            queue_prefix=self.queue_prefix,
-            app_settings={"AzureWebJobsStorage": self.azurite, "EXPORT_SCHEDULE": "0 5 * * * *"},
-            bootstrap="tests.azure.app_wiring:wire",
-            bootstrap_kwargs={
-                "connection_string": self.azurite, "exports_config": self.exports_config,
-                "base_url": self.sim.base_url, "key": KEY, "requests_per_minute": BUDGET_PER_MINUTE,
-                "queue_prefix": self.queue_prefix, "budget_container": self.budget_container,
-                "verify_delay": VERIFY_DELAY, "late_tolerance": LATE_TOLERANCE, "send_backoff": SEND_BACKOFF,
-                "slot_wait": SLOT_WAIT, "release_lead": RELEASE_LEAD, "claim_seconds": CLAIM_SECONDS,
-            },
-            threads=2, function_threads={"send_stage": SEND_THREADS}, function_poll_seconds=SLOW_POLL, timing=TIMING,
-            events_dir=str(self.tmp / f"events-{uuid.uuid4().hex[:6]}"),
-            http_match="^" + self.sim.base_url, **config)
-        host = ConcurrentHost(cfg, workers)
-        host.bootstrap_here()
-        return host
-
-    def run(self, host: ConcurrentHost, timeout: float = 120, during=None) -> dict[str, dict]:
-        """Fire the timer (it starts a run for every export), wait until every run finished; the reports."""
-        import function_app
-
-        host.timer("export_timer")
-        started = {e["name"]: e["lastRuns"][0]["runId"] for e in function_app.orchestrator().overview()
-                   if e["lastRuns"]}
-        assert set(started) == {e.name for e in self.exports}
-        deadline = time.monotonic() + timeout
-        reports: dict[str, dict] = {}
-        while time.monotonic() < deadline and len(reports) < len(started):
-            if during:
-                during()
-            for export, run_id in started.items():
-                status = function_app.orchestrator().status(export, run_id)
-                if status and status.get("stage") == "finished":
-                    reports[export] = status["report"]
-            time.sleep(0.5)
-        if len(reports) < len(started):
-            statuses = {x: function_app.orchestrator().status(x, r) for x, r in started.items() if x not in reports}
-            outcomes = collections.Counter(f"{e['fn']}:{e['outcome']}" for e in host.events("done"))
-            errors = collections.Counter(e["error"] for e in host.events("done") if e.get("error"))
-            raise AssertionError(f"runs not finished in {timeout} s: {statuses}; invocations {dict(outcomes)}; "
-                                 f"errors {dict(errors.most_common(3))}; workers alive {host.alive()}")
-        return reports
-
-    def check_delivered(self, reports: dict[str, dict]) -> None:
-        contacts = self.sim.contacts()
-        for export in self.exports:
-            report = reports[export.name]
-            assert report["status"] == "succeeded", report
-            assert report["rows"] == report["sent"] + report["failed"] + report["rejected"] + report[
-                "duplicates"] + report["unchanged"]
-            assert report["sent"] == export.rows == len(export.emails)
-            missing = [e for e in export.emails if export.tag not in (contacts.get(e) or {}).get("tags", ())]
-            assert missing == [], f"{len(missing)} contacts of {export.name} missing or untagged"
 
 
 def window_counts(times: list[float], starts: list[float]) -> list[int]:
@@ -251,10 +111,6 @@ def test_two_exports_at_once_share_one_budget(scenario):
 
 
 # ------------------------------------------------------------------------------------------------ crashes
-
-
-def posts_to_batches(sim: Simulator) -> int:
-    return sim.state(include_contacts=False)["stats"]["requests_by_route"].get("POST /api/batches", 0)
 
 
 def test_random_sigkills_of_busy_workers_through_a_run_lose_nothing(scenario):

@@ -7,19 +7,18 @@ Driven with tests/azure/probe_app.py, whose messages say what their invocation d
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
 from shared.queues import StageQueues
 from tests.azure.concurrent_host import ConcurrentHost, HostConfig, Timing
+from tests.azure.scenario_support import wait_for
 
 pytestmark = pytest.mark.azurite
 
 # A lease of 1 s: a dead worker's message is back within about a second; renewed every 0.4 s while it runs.
 FAST = Timing(lease_seconds=1, renew_seconds=0.4, retry_visibility_seconds=1)
-WAIT_SECONDS = 40
 
 
 @pytest.fixture
@@ -42,16 +41,6 @@ def probe_host(azurite, queue_prefix, tmp_path) -> Iterator[Callable[..., Concur
     yield make
     for host in hosts:
         host.stop()
-
-
-def wait_for(predicate: Callable[[], object], what: str, seconds: float = WAIT_SECONDS) -> object:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def of(host: ConcurrentHost, kind: str, message_id: str | None = None, fn: str = "probe") -> list[dict]:
