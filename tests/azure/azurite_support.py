@@ -1,13 +1,27 @@
-"""Azurite for tests: reuse one that already answers on 127.0.0.1:10000, else start ours and stop it at the end.
+"""Azurite for tests: reuse one that already answers on 127.0.0.1:10000, else start one for the whole pytest run and
+stop it when the run ends.
 
 Used by tests/azure/conftest.py and by tests/unit/test_storage_contract.py (tests/unit has no conftest of ours),
-so the fixture lives here and both import it. Start-up happens at most once per pytest process.
+so the fixture lives here and both import it; tests/conftest.py calls ``configure``/``unconfigure`` for the run.
+
+Parallel runs (pytest-xdist): ONE Azurite serves every worker, not one per worker. Every test already works in
+its own container/queue names (``unique_name``), so workers cannot see each other's data, and one Node process
+costs far less on a 2-core machine than one per worker; ./dev and CI start that one before pytest, which is why
+the tests (and the app's settings) keep the standard ports. When nothing answers, the first worker that needs
+storage starts Azurite under a file lock (the others wait on the lock and then find it running), and the
+controlling process, which outlives every worker, stops it at the end. The lock and the "we started it" mark live
+in a directory the controller creates and hands to the workers through ``RUN_DIR_ENV`` (workers inherit its
+environment), so two pytest runs on one machine never share them.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +36,10 @@ SCRIPT = REPO / "devtools" / "azurite.sh"
 # npm install of azurite takes ~1 min on a cold cache; the script itself waits up to 60 s for the ports.
 NPM_INSTALL_TIMEOUT_SECONDS = 600
 START_TIMEOUT_SECONDS = 120
-
-_state = {"started_by_us": False, "checked": False}
+RUN_DIR_ENV = "TESTS_AZURITE_RUN_DIR"
+_STARTED_MARK = "started-by-this-run"
+_LOCK = "start.lock"
+_owns_run_dir = pytest.StashKey[bool]()  # set in the process that created the run directory (and so cleans it up)
 
 
 def port_answers(port: int, host: str = "127.0.0.1") -> bool:
@@ -34,25 +50,54 @@ def port_answers(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def _is_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def configure(config: pytest.Config) -> None:
+    """In the controlling process (the only one without xdist): create the run's directory for the workers."""
+    if not _is_worker(config) and RUN_DIR_ENV not in os.environ:
+        os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="pytest-azurite-")
+        config.stash[_owns_run_dir] = True
+
+
+def unconfigure(config: pytest.Config) -> None:
+    """In the controlling process, after every worker has finished: stop Azurite if this run started it."""
+    if not config.stash.get(_owns_run_dir, False):
+        return
+    run_dir = Path(os.environ.pop(RUN_DIR_ENV))
+    try:
+        if (run_dir / _STARTED_MARK).exists():
+            _run([str(SCRIPT), "stop"], START_TIMEOUT_SECONDS)
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _run_dir() -> Path:
+    # Set by configure(); a process that imports this module without tests/conftest.py gets a private one.
+    if RUN_DIR_ENV not in os.environ:
+        os.environ[RUN_DIR_ENV] = tempfile.mkdtemp(prefix="pytest-azurite-")
+    return Path(os.environ[RUN_DIR_ENV])
+
+
 def ensure_azurite() -> str:
     """The Azurite connection string, once blob and queue ports answer; fails the test with the reason otherwise."""
-    if _state["checked"] and port_answers(10000):
+    if port_answers(10000):
         return AZURITE_CONNECTION_STRING
-    if not port_answers(10000):
-        if not AZURITE_BIN.exists():
-            # package-lock.json pins azurite; `npm ci` would also do, `install` tolerates an existing node_modules.
-            _run(["npm", "install", "--no-audit", "--no-fund"], NPM_INSTALL_TIMEOUT_SECONDS)
-        _run([str(SCRIPT), "start"], START_TIMEOUT_SECONDS)
-        _state["started_by_us"] = True
-    _state["checked"] = True
+    run_dir = _run_dir()
+    with open(run_dir / _LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes; another worker may have started it meanwhile
+        if not port_answers(10000):
+            if not AZURITE_BIN.exists():
+                # package-lock.json pins azurite; `npm ci` would also do, `install` tolerates an existing node_modules.
+                _run(["npm", "install", "--no-audit", "--no-fund"], NPM_INSTALL_TIMEOUT_SECONDS)
+            (run_dir / _STARTED_MARK).touch()  # before starting: a start that half-succeeds is still stopped
+            _run([str(SCRIPT), "start"], START_TIMEOUT_SECONDS)
+            if not port_answers(10000):
+                # e.g. .azurite/pid names a live Azurite of another network namespace (unshare -n): fail now rather
+                # than let every storage call retry against a closed port.
+                pytest.fail(f"{SCRIPT} start succeeded but nothing answers on 127.0.0.1:10000", pytrace=False)
     return AZURITE_CONNECTION_STRING
-
-
-def stop_if_ours() -> None:
-    if _state["started_by_us"]:
-        _run([str(SCRIPT), "stop"], START_TIMEOUT_SECONDS)
-        _state["started_by_us"] = False
-        _state["checked"] = False
 
 
 def _run(command: list[str], timeout: float) -> None:
@@ -68,6 +113,5 @@ def unique_name(prefix: str) -> str:
 
 @pytest.fixture(scope="session")
 def azurite() -> Iterator[str]:
-    """Azurite's connection string; Azurite runs for the whole session."""
+    """Azurite's connection string; Azurite runs until the whole run (every xdist worker) has finished."""
     yield ensure_azurite()
-    stop_if_ours()

@@ -137,8 +137,11 @@ class Flow:
     def start(self, body=None):
         return self.host.http("POST", f"/api/exports/{self.export}/runs", body=body)
 
-    def run_to_end(self, max_seconds: float = 60):
-        """Pump the queues like the host would, until they stay empty (or the deadline, which fails the test)."""
+    def run_to_end(self, max_seconds: float = 180):
+        """Pump the queues like the host would, until they stay empty (or the deadline, which fails the test).
+
+        The deadline only stops a hung run: a flow drains in 2-15 s on an idle machine, but 60 s was exceeded with
+        four parallel workers on a 2-core machine that other test runs were also loading."""
         import time
 
         deadline = time.monotonic() + max_seconds
