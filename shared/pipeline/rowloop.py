@@ -1,0 +1,327 @@
+"""The hot loop of planning: every row of the snapshot to "unchanged", "to send", "rejected" or "duplicate".
+
+The fast path (issue 12): the state keeps, per member, a salted 64-bit hash of the raw CSV record that produced what
+was last delivered. A row whose raw bytes hash to a stored value of a member not yet claimed in this run is that
+member, unchanged: it is counted without being parsed, mapped, validated or encoded. Every other row (a miss) goes
+down the full path: ``csv`` parses it, ContactMapper maps it, the payload is encoded, and the payload fingerprint
+decides as before, so what is sent is exactly what the full path alone would send. A miss whose payload is
+unchanged gets its stored raw hash refreshed. Duplicates stay "first wins" in file order (a hit on a member already
+claimed goes down the full path and is reported there); leavers are the members nobody claimed.
+
+The salt covers everything that can change a payload without changing a record's bytes: the export definition, the
+API version, the snapshot's columns, the CSV format, and PLANNER_VERSION. Only single-line records get a raw hash
+(a record with a quoted line break, or with a dropped field, always takes the full path, so ``droppedFields`` stays
+exact), and the first record of each partition always takes the full path (it may be a header row to check).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import struct
+import sys
+import zlib
+from array import array
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import compress
+from typing import Any
+
+from shared import hashing
+from shared.contacts import ContactMapper
+from shared.errors import RejectRow, SnapshotError
+from shared.exports import ExportDefinition
+from shared.omnisend import build_contact_payload
+from shared.segments import BadRow, Snapshot, read_rows
+from shared.segments.reader import _bad_count, _reader_kwargs, header_difference
+from shared.segments.records import Lines
+from shared.state import MemberState
+from shared.storage import ObjectStore
+
+try:  # orjson is in requirements.txt; the stdlib fallback keeps a bare checkout importable
+    from orjson import dumps as encode_payload
+except ImportError:  # pragma: no cover
+    from shared.runs import dumps as encode_payload
+
+# Bump whenever row cleaning (shared/contacts.py) or payload building (shared/omnisend/payloads.py) changes what a
+# given row becomes: every stored raw hash then misses once, and the payload fingerprints decide, as on the first run.
+PLANNER_VERSION = 1
+# Dry-run reports show this many sample payloads.
+DRY_RUN_SAMPLES = 5
+
+
+@dataclass
+class PlanCounts:
+    rows: int = 0
+    valid: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    unchanged: int = 0
+    to_send: int = 0
+    batches: int = 0
+    leavers: int = 0
+    previous_members: int = 0
+    dropped_fields: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Planned:
+    """What finalise needs to write the next state. ``claimed``, ``fingerprints`` and ``raws`` are aligned with the
+    state the plan read: the members this run claimed, with the fingerprint and raw hash to keep if they are
+    delivered (or unchanged). ``new_*`` are the valid contacts not in that state, in file order."""
+
+    claimed: bytearray
+    fingerprints: array
+    raws: array
+    new_keys: array = field(default_factory=lambda: array("Q"))
+    new_fingerprints: array = field(default_factory=lambda: array("Q"))
+    new_raws: array = field(default_factory=lambda: array("Q"))
+
+    def keep_state(self, state: MemberState) -> None:
+        """Nothing of this run will be sent (the mapping guard): every member keeps what the state holds."""
+        self.fingerprints, self.raws = array("Q", state.fingerprints), array("Q", state.raws)
+
+    def encode(self, state: MemberState) -> bytes:
+        """planned-keys.bin: uint32 count, then count × uint64 keys, fingerprints and raw hashes (LE), zlib'd."""
+        claimed = self.claimed
+        keys = array("Q", compress(state.keys, claimed)) + self.new_keys
+        fps = array("Q", compress(self.fingerprints, claimed)) + self.new_fingerprints
+        raws = array("Q", compress(self.raws, claimed)) + self.new_raws
+        if sys.byteorder != "little":  # pragma: no cover
+            for values in (keys, fps, raws):
+                values.byteswap()
+        body = _COUNT.pack(len(keys)) + keys.tobytes() + fps.tobytes() + raws.tobytes()
+        return zlib.compress(body, 1)
+
+
+_COUNT = struct.Struct("<I")
+
+
+def decode_planned(data: bytes) -> tuple[array, array, array]:
+    """(keys, fingerprints, raw hashes) of every contact a plan found valid and not a duplicate."""
+    body = zlib.decompress(data)
+    (count,) = _COUNT.unpack_from(body)
+    out = []
+    for i in range(3):
+        values = array("Q")
+        values.frombytes(body[4 + 8 * count * i : 4 + 8 * count * (i + 1)])
+        if sys.byteorder != "little":  # pragma: no cover
+            values.byteswap()
+        out.append(values)
+    return out[0], out[1], out[2]
+
+
+def raw_salt(export: ExportDefinition, snapshot: Snapshot, api_version: str) -> int:
+    """The seed of the raw-record hashes: what a payload depends on besides the record's own bytes."""
+    described = {
+        "planner": PLANNER_VERSION,
+        "export": dataclasses.asdict(export),
+        "apiVersion": api_version,
+        "columns": list(snapshot.columns),
+        "csv": dataclasses.asdict(snapshot.csv_format),
+    }
+    return hashing.salt_of(json.dumps(described, sort_keys=True, default=str))
+
+
+def plan_rows(
+    store: ObjectStore,
+    export: ExportDefinition,
+    snapshot: Snapshot,
+    state: MemberState,
+    api_version: str,
+    compare: bool,
+    add: Callable[[bytes, tuple[str, int, str, int]], None],
+    on_reject: Callable[[dict[str, Any]], None],
+    on_sample: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    fast: bool = True,
+) -> tuple[PlanCounts, Planned]:
+    """Plan every row; ``add(body, (file, line, email, fingerprint))`` receives each payload to send.
+
+    ``compare`` False (a full resync) sends every valid row whatever the state holds. ``fast`` False reads with the
+    reference reader and never trusts a raw hash (the equivalence test compares both; the result must not differ).
+    """
+    n = len(state)
+    counts = PlanCounts(previous_members=n if compare else 0)
+    salt = raw_salt(export, snapshot, api_version)
+    claimed = bytearray(n)
+    planned = Planned(claimed, array("Q", state.fingerprints), array("Q", state.raws))
+    keep_fp, keep_raw = planned.fingerprints, planned.raws
+    new_keys, new_fps, new_raws = planned.new_keys.append, planned.new_fingerprints.append, planned.new_raws.append
+    map_row = ContactMapper(export, snapshot.columns).map
+    email_index = snapshot.columns.index(export.mapping["email"])
+    seen: set[int] = set()  # keys of valid rows that are not state members
+    seen_add = seen.add
+    index_of = state.index_of
+    stored_fp = state.fingerprints
+    old_fp = hashing.legacy_fingerprint if state.legacy else None
+    key_of = hashing.key_of_normalised
+    fp_of = hashing.fingerprint
+    build = build_contact_payload
+    dropped_fields = counts.dropped_fields
+    # rows parsed, rejected, duplicates, unchanged, to send, fast-path hits: one list that record() and the readers
+    # update in place (a closure's counters).
+    tally = [0, 0, 0, 0, 0, 0]
+
+    def track(nbytes: int) -> None:
+        progress(tally[0] + tally[5], nbytes)  # type: ignore[misc]
+
+
+    def record(file: str, line: int, fields: list[str], raw: int) -> None:
+        """The full path for one parsed record (not an empty line)."""
+        tally[0] += 1
+        try:
+            contact = map_row(file, line, fields)
+        except RejectRow as exc:
+            tally[1] += 1
+            email = fields[email_index] if email_index < len(fields) else ""
+            on_reject({"bucket": "rejected", "file": file, "line": line, "email": email, "reason": exc.reason})
+            return
+        email = contact.email
+        key = key_of(email)
+        m = index_of(key) if n else -1
+        if m >= 0:
+            if claimed[m]:
+                m = -2
+            else:
+                claimed[m] = 1
+        elif key in seen:
+            m = -2
+        else:
+            seen_add(key)
+        if m == -2:
+            tally[2] += 1
+            on_reject({"bucket": "duplicate", "file": file, "line": line, "email": email,
+                       "reason": "duplicate email: an earlier row with the same address was exported (first wins)"})
+            return
+        if contact.dropped:
+            raw = 0  # keeps droppedFields exact: such a row is always mapped
+            for name in contact.dropped:
+                dropped_fields[name] += 1
+        payload = build(contact, export, api_version)
+        body = encode_payload(payload)
+        fp = fp_of(body)
+        if m >= 0:
+            keep_fp[m], keep_raw[m] = fp, raw
+            if compare and stored_fp[m] == (fp if old_fp is None else old_fp(body)):
+                tally[3] += 1
+                return
+        else:
+            new_keys(key)
+            new_fps(fp)
+            new_raws(raw)
+        tally[4] += 1
+        add(body, (file, line, email, fp))
+        if on_sample is not None and tally[4] <= DRY_RUN_SAMPLES:
+            on_sample(payload)
+
+    if fast:
+        hits = _fast_rows(store, snapshot, salt, state if compare else MemberState.empty(), claimed, record,
+                          on_reject, track if progress else None, tally)
+    else:
+        hits = _reference_rows(store, snapshot, record, on_reject, track if progress else None, tally)
+    rows, rejected, duplicates, unchanged, to_send, _ = tally
+    counts.rows, counts.rejected, counts.duplicates = rows + hits, rejected, duplicates
+    counts.unchanged, counts.to_send = unchanged + hits, to_send
+    counts.valid = counts.rows - rejected - duplicates
+    if compare and n:
+        counts.leavers = claimed.count(0)
+    return counts, planned
+
+
+def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progress, tally) -> int:
+    """Walk every partition's raw lines; returns the number of fast-path hits (rows counted unchanged unparsed).
+    Misses, header rows and multi-line records are parsed by ``csv`` and handed to ``record``."""
+    raws = state.raws
+    lookup: dict[int, int] = dict(zip(raws, range(len(raws)), strict=True)) if len(raws) else {}
+    lookup.pop(0, None)  # 0 = no raw hash stored
+    get = lookup.get
+    columns = list(snapshot.columns)
+    ncols = len(columns)
+    fmt = snapshot.csv_format
+    kwargs = _reader_kwargs(fmt)
+    hits = 0
+    done = 0
+
+    def hash_line(line: bytes, _h=hashing.raw_hash, _salt=salt) -> int:
+        return _h(line, _salt)
+
+    for part in snapshot.partitions:
+        file = part.name
+        src = Lines(store, part, hash_line)
+        reader = csv.reader(src, **kwargs)
+        header_pending = True
+        try:
+            while src.refill():
+                lines, hashes = src.lines, src.hashes
+                pos, end = 0, len(lines)
+                while pos < end:
+                    if not header_pending:
+                        m = get(hashes[pos])
+                        if m is not None and not claimed[m]:
+                            claimed[m] = 1
+                            hits += 1
+                            pos += 1
+                            continue
+                    # The full path: csv parses the record that starts here (it may pull following lines).
+                    src.pos = pos
+                    line = src.base + pos + 1
+                    fields = next(reader)
+                    crossed = src.lines is not lines
+                    last = src.base + src.pos
+                    if fields:
+                        if header_pending:
+                            header_pending = False
+                            if fields == columns:
+                                fields = None
+                            elif fmt.column_headers:
+                                raise SnapshotError(
+                                    f"{store.describe(part.container, file)} line {line}: the header row differs "
+                                    "from the snapshot's columns (model.json attributes, or the first CSV's header): "
+                                    f"{header_difference(fields, snapshot.columns)}; the export changed while reading "
+                                    "or its files disagree: re-run the export"
+                                )
+                        if fields is None:
+                            pass
+                        elif len(fields) == ncols:
+                            record(file, line, fields, hashes[pos] if last == line and not crossed else 0)
+                        else:
+                            tally[0] += 1
+                            tally[1] += 1
+                            on_reject({"bucket": "rejected", "file": file, "line": line, "email": "",
+                                       "reason": _bad_count(ncols, fields, line, last)})
+                    if crossed:
+                        # The record ran into the next block: go on from where csv stopped in that block.
+                        lines, hashes, end = src.lines, src.hashes, len(src.lines)
+                    pos = src.pos
+                src.pos = end
+                if progress is not None:
+                    tally[5] = hits
+                    progress(done + src.bytes_read)
+        except csv.Error as e:
+            raise SnapshotError(
+                f"{store.describe(part.container, file)} near line {src.base + src.pos}: bad CSV ({e}); "
+                "an unbalanced quote usually causes this"
+            ) from None
+        finally:
+            src.close()
+        done += src.bytes_read
+        if progress is not None:
+            tally[5] = hits
+            progress(done)
+    return hits
+
+
+def _reference_rows(store, snapshot, record, on_reject, progress, tally) -> int:
+    """The same decisions from the reference reader (shared/segments/reader.py), every row parsed, no raw hash
+    trusted or recorded (all 0). The equivalence test compares it with the fast path."""
+    for row in read_rows(store, snapshot, progress=progress):
+        if row.__class__ is BadRow:
+            tally[0] += 1
+            tally[1] += 1
+            on_reject({"bucket": "rejected", "file": row.file, "line": row.line, "email": "", "reason": row.reason})
+            continue
+        record(row.file, row.line, row.fields, 0)
+    return 0
