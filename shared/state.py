@@ -98,8 +98,16 @@ class MemberState:
 
     __slots__ = ("_emails", "_packed_emails", "fingerprints", "keys", "legacy", "meta", "raws")
 
-    def __init__(self, keys: array, fingerprints: array, raws: array, emails: list[str] | None = None,
-                 packed_emails: bytes = b"", meta: StateMeta | None = None, legacy: bool = False) -> None:
+    def __init__(
+        self,
+        keys: array,
+        fingerprints: array,
+        raws: array,
+        emails: list[str] | None = None,
+        packed_emails: bytes = b"",
+        meta: StateMeta | None = None,
+        legacy: bool = False,
+    ) -> None:
         self.keys = keys  # 'Q', sorted ascending
         self.fingerprints = fingerprints  # 'Q', aligned with keys
         self.raws = raws  # 'Q', aligned with keys; 0 where no raw-record hash is known
@@ -119,8 +127,10 @@ class MemberState:
             text = zlib.decompress(self._packed_emails).decode("utf-8") if self._packed_emails else ""
             self._emails = text.split("\n") if len(self.keys) else []
             if len(self._emails) != len(self.keys):
-                raise StateCorrupt(f"the state holds {len(self._emails)} emails for {len(self.keys)} members; "
-                                   "run with --full-resync to rebuild it")
+                raise StateCorrupt(
+                    f"the state holds {len(self._emails)} emails for {len(self.keys)} members; "
+                    "run with --full-resync to rebuild it"
+                )
             self._packed_emails = b""
         return self._emails
 
@@ -159,8 +169,14 @@ class MemberState:
         by_key = {email_key(e[0]): e for e in entries}
         rows = [(k, *by_key[k]) for k in sorted(by_key)]
         rows = [(k, e, fp, rest[0] if rest else 0) for k, e, fp, *rest in rows]
-        return MemberState(array("Q", [r[0] for r in rows]), array("Q", [r[2] for r in rows]),
-                           array("Q", [r[3] for r in rows]), [r[1] for r in rows], meta=meta, legacy=legacy)
+        return MemberState(
+            array("Q", [r[0] for r in rows]),
+            array("Q", [r[2] for r in rows]),
+            array("Q", [r[3] for r in rows]),
+            [r[1] for r in rows],
+            meta=meta,
+            legacy=legacy,
+        )
 
 
 def _planes(keys: array) -> bytes:
@@ -184,8 +200,19 @@ def encode_members(state: MemberState) -> bytes:
     header = json.dumps(described, separators=(",", ":")).encode("utf-8")
     keys = zlib.compress(_planes(state.keys), COMPRESSION_LEVEL)
     emails = zlib.compress("\n".join(state.emails).encode("utf-8"), COMPRESSION_LEVEL)
-    return b"".join((MAGIC, _U32.pack(len(header)), header, _U32.pack(n), _U32.pack(len(keys)), keys,
-                     _le(state.fingerprints), _le(state.raws), emails))
+    return b"".join(
+        (
+            MAGIC,
+            _U32.pack(len(header)),
+            header,
+            _U32.pack(n),
+            _U32.pack(len(keys)),
+            keys,
+            _le(state.fingerprints),
+            _le(state.raws),
+            emails,
+        )
+    )
 
 
 def encode_state(entries: Iterable[tuple], meta: StateMeta | None = None) -> bytes:
@@ -275,8 +302,9 @@ def load_state_meta(store: ObjectStore, export: str) -> StateMeta:
     return StateMeta()
 
 
-def save_state(store: ObjectStore, export: str, entries: Iterable[tuple] | MemberState,
-               meta: StateMeta | None = None) -> int:
+def save_state(
+    store: ObjectStore, export: str, entries: Iterable[tuple] | MemberState, meta: StateMeta | None = None
+) -> int:
     """Write the state (and what it describes); returns its size in bytes."""
     state = entries if isinstance(entries, MemberState) else MemberState.build(entries, meta)
     if meta is not None:

@@ -168,7 +168,6 @@ def plan_rows(
     def track(nbytes: int) -> None:
         progress(tally[0] + tally[5], nbytes)  # type: ignore[misc]
 
-
     def record(file: str, line: int, fields: list[str], raw: int) -> None:
         """The full path for one parsed record (not an empty line)."""
         tally[0] += 1
@@ -193,8 +192,15 @@ def plan_rows(
             seen_add(key)
         if m == -2:
             tally[2] += 1
-            on_reject({"bucket": "duplicate", "file": file, "line": line, "email": email,
-                       "reason": "duplicate email: an earlier row with the same address was exported (first wins)"})
+            on_reject(
+                {
+                    "bucket": "duplicate",
+                    "file": file,
+                    "line": line,
+                    "email": email,
+                    "reason": "duplicate email: an earlier row with the same address was exported (first wins)",
+                }
+            )
             return
         if contact.dropped:
             raw = 0  # keeps droppedFields exact: such a row is always mapped
@@ -218,8 +224,17 @@ def plan_rows(
             on_sample(payload)
 
     if fast:
-        hits = _fast_rows(store, snapshot, salt, state if compare else MemberState.empty(), claimed, record,
-                          on_reject, track if progress else None, tally)
+        hits = _fast_rows(
+            store,
+            snapshot,
+            salt,
+            state if compare else MemberState.empty(),
+            claimed,
+            record,
+            on_reject,
+            track if progress else None,
+            tally,
+        )
     else:
         hits = _reference_rows(store, snapshot, record, on_reject, track if progress else None, tally)
     rows, rejected, duplicates, unchanged, to_send, _ = tally
@@ -290,8 +305,15 @@ def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progres
                         else:
                             tally[0] += 1
                             tally[1] += 1
-                            on_reject({"bucket": "rejected", "file": file, "line": line, "email": "",
-                                       "reason": _bad_count(ncols, fields, line, last)})
+                            on_reject(
+                                {
+                                    "bucket": "rejected",
+                                    "file": file,
+                                    "line": line,
+                                    "email": "",
+                                    "reason": _bad_count(ncols, fields, line, last),
+                                }
+                            )
                     if crossed:
                         # The record ran into the next block: go on from where csv stopped in that block.
                         lines, hashes, end = src.lines, src.hashes, len(src.lines)
