@@ -26,7 +26,7 @@ from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import compress
+from itertools import chain, compress, repeat
 from typing import Any
 
 from shared import hashing
@@ -35,7 +35,7 @@ from shared.errors import RejectRow, SnapshotError
 from shared.exports import ExportDefinition
 from shared.omnisend import build_contact_payload
 from shared.segments import BadRow, Snapshot, read_rows
-from shared.segments.reader import _bad_count, _reader_kwargs, header_difference
+from shared.segments.reader import _bad_count, _not_utf8, _reader_kwargs, header_difference
 from shared.segments.records import Lines
 from shared.state import MemberState
 from shared.storage import ObjectStore
@@ -246,85 +246,54 @@ def plan_rows(
     return counts, planned
 
 
+_EMPTY_LINES = frozenset((b"", b"\n", b"\r\n", b"\r"))
+
+
 def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progress, tally) -> int:
     """Walk every partition's raw lines; returns the number of fast-path hits (rows counted unchanged unparsed).
     Misses, header rows and multi-line records are parsed by ``csv`` and handed to ``record``."""
     raws = state.raws
     lookup: dict[int, int] = dict(zip(raws, range(len(raws)), strict=True)) if len(raws) else {}
     lookup.pop(0, None)  # 0 = no raw hash stored
-    get = lookup.get
     columns = list(snapshot.columns)
     ncols = len(columns)
     fmt = snapshot.csv_format
-    kwargs = _reader_kwargs(fmt)
     hits = 0
     done = 0
 
     def hash_line(line: bytes, _h=hashing.raw_hash, _salt=salt) -> int:
         return _h(line, _salt)
 
+    def header_or_row(where: str, line: int, last: int, fields: list[str]) -> bool:
+        """The first non-empty record of a partition: True when it is a row (else a header row, checked)."""
+        if fields == columns:
+            return False
+        if fmt.column_headers:
+            raise SnapshotError(
+                f"{where} line {line}: the header row differs from the snapshot's columns (model.json attributes, "
+                f"or the first CSV's header): {header_difference(fields, snapshot.columns)}; the export changed "
+                "while reading or its files disagree: re-run the export"
+            )
+        return True
+
+    def bad(file: str, line: int, last: int, fields: list[str]) -> None:
+        tally[0] += 1
+        tally[1] += 1
+        reason = _bad_count(ncols, fields, line, last)
+        on_reject({"bucket": "rejected", "file": file, "line": line, "email": "", "reason": reason})
+
     for part in snapshot.partitions:
-        file = part.name
         src = Lines(store, part, hash_line)
-        reader = csv.reader(src, **kwargs)
-        header_pending = True
         try:
-            while src.refill():
-                lines, hashes = src.lines, src.hashes
-                pos, end = 0, len(lines)
-                while pos < end:
-                    if not header_pending:
-                        m = get(hashes[pos])
-                        if m is not None and not claimed[m]:
-                            claimed[m] = 1
-                            hits += 1
-                            pos += 1
-                            continue
-                    # The full path: csv parses the record that starts here (it may pull following lines).
-                    src.pos = pos
-                    line = src.base + pos + 1
-                    fields = next(reader)
-                    crossed = src.lines is not lines
-                    last = src.base + src.pos
-                    if fields:
-                        if header_pending:
-                            header_pending = False
-                            if fields == columns:
-                                fields = None
-                            elif fmt.column_headers:
-                                raise SnapshotError(
-                                    f"{store.describe(part.container, file)} line {line}: the header row differs "
-                                    "from the snapshot's columns (model.json attributes, or the first CSV's header): "
-                                    f"{header_difference(fields, snapshot.columns)}; the export changed while reading "
-                                    "or its files disagree: re-run the export"
-                                )
-                        if fields is None:
-                            pass
-                        elif len(fields) == ncols:
-                            record(file, line, fields, hashes[pos] if last == line and not crossed else 0)
-                        else:
-                            tally[0] += 1
-                            tally[1] += 1
-                            on_reject(
-                                {
-                                    "bucket": "rejected",
-                                    "file": file,
-                                    "line": line,
-                                    "email": "",
-                                    "reason": _bad_count(ncols, fields, line, last),
-                                }
-                            )
-                    if crossed:
-                        # The record ran into the next block: go on from where csv stopped in that block.
-                        lines, hashes, end = src.lines, src.hashes, len(src.lines)
-                    pos = src.pos
-                src.pos = end
-                if progress is not None:
-                    tally[5] = hits
-                    progress(done + src.bytes_read)
+            if lookup:
+                hits += _walk_with_lookup(
+                    src, lookup, claimed, record, header_or_row, bad, ncols, fmt, progress, tally, done, hits
+                )
+            else:
+                _walk_all(src, record, header_or_row, bad, ncols, fmt, progress, tally, done)
         except csv.Error as e:
             raise SnapshotError(
-                f"{store.describe(part.container, file)} near line {src.base + src.pos}: bad CSV ({e}); "
+                f"{store.describe(part.container, part.name)} near line {src.base + src.pos}: bad CSV ({e}); "
                 "an unbalanced quote usually causes this"
             ) from None
         finally:
@@ -333,6 +302,103 @@ def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progres
         if progress is not None:
             tally[5] = hits
             progress(done)
+    return hits
+
+
+def _walk_all(src: Lines, record, header_or_row, bad, ncols, fmt, progress, tally, done) -> None:
+    """No stored raw hash to look for (first run, full resync): ``csv`` reads every line, decoded a block at a
+    time and pulled through C iterators; each single-line record still gets its raw hash for the next run."""
+    file = src.part.name
+    where = src.store.describe(src.part.container, file)
+
+    def blocks():
+        while src.refill():
+            if progress is not None:
+                progress(done + src.bytes_read)
+            try:
+                yield [line.decode("utf-8") for line in src.lines]
+            except UnicodeDecodeError:
+                raise _not_utf8(src.store, src.part.container, file) from None
+
+    reader = csv.reader(chain.from_iterable(blocks()), **_reader_kwargs(fmt))
+    prev = 0
+    header_pending = True
+    for fields in reader:
+        line = prev + 1
+        prev = reader.line_num
+        if not fields:
+            continue
+        if header_pending:
+            header_pending = False
+            if not header_or_row(where, line, prev, fields):
+                continue
+        if len(fields) == ncols:
+            # A single-line record is the current block's line (csv pulls no line beyond a finished record).
+            record(file, line, fields, src.hashes[line - 1 - src.base] if prev == line else 0)
+        else:
+            bad(file, line, prev, fields)
+    src.pos = len(src.lines)
+
+
+def _walk_with_lookup(
+    src: Lines, lookup, claimed, record, header_or_row, bad, ncols, fmt, progress, tally, done, hits_before
+) -> int:
+    """Every line whose raw hash names a member not yet claimed is that member, unchanged; ``csv`` parses the
+    others (pulling lines one at a time from ``src``, so a record with a quoted line break may span blocks)."""
+    file = src.part.name
+    where = src.store.describe(src.part.container, file)
+    reader = csv.reader(src, **_reader_kwargs(fmt))
+    get = lookup.get
+    hits = 0
+    header_pending = True
+    start: int | None = None  # where to go on in the current block (after a record that crossed into it)
+    while True:
+        if start is None:
+            if not src.refill():
+                break
+            start = 0
+        lines, hashes = src.lines, src.hashes
+        members = list(map(get, hashes, repeat(-1)))
+        if header_pending:  # the first non-empty record is parsed: it may be a header row to check
+            for i in range(start, len(lines)):
+                if lines[i] not in _EMPTY_LINES:
+                    members[i] = -1
+                    break
+        skip = start
+        start = None
+        for pos, m in enumerate(members):
+            if pos < skip:
+                continue
+            if m >= 0 and not claimed[m]:
+                claimed[m] = 1
+                hits += 1
+                continue
+            # The full path: csv parses the record that starts here (it may pull following lines).
+            src.pos = pos
+            line = src.base + pos + 1
+            fields = next(reader)
+            crossed = src.lines is not lines
+            last = src.base + src.pos
+            if fields:
+                if header_pending:
+                    header_pending = False
+                    if not header_or_row(where, line, last, fields):
+                        fields = None
+                if fields is None:
+                    pass
+                elif len(fields) == ncols:
+                    record(file, line, fields, hashes[pos] if last == line and not crossed else 0)
+                else:
+                    bad(file, line, last, fields)
+            if crossed:  # the record ran into the next block: go on from where csv stopped in it
+                start = src.pos
+                break
+            skip = src.pos
+        if start is None:
+            src.pos = len(lines)
+            if progress is not None:
+                tally[5] = hits_before + hits
+                progress(done + src.bytes_read)
     return hits
 
 

@@ -250,3 +250,21 @@ def test_a_third_run_after_a_fast_second_one_still_sends_only_changes(tmp_path, 
     assert second["sent"] == 0
     result = _plan(root, load_export(), fast)
     assert result["manifest"]["toSend"] == 0
+
+
+def test_a_first_snapshot_without_a_state_plans_the_same_either_way(tmp_path):
+    root = tmp_path / "store"
+    write_segment(root, ROWS, run=FIRST_RUN, partitions=2)
+    fast, reference = _both_ways(tmp_path, root, load_export())
+    _assert_same(fast, reference)
+    assert fast["manifest"]["toSend"] == fast["manifest"]["valid"] > 0
+
+
+def test_a_first_snapshot_with_quoted_line_breaks_across_blocks_plans_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(records, "BLOCK_BYTES", 64)
+    root = tmp_path / "store"
+    write_segment(root, ROWS, run=FIRST_RUN, partitions=2)
+    _with_line_breaks(root, FIRST_RUN)
+    fast, reference = _both_ways(tmp_path, root, load_export())
+    _assert_same(fast, reference)
+    assert fast["manifest"]["toSend"] == fast["manifest"]["valid"] > 0
