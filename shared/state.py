@@ -124,7 +124,10 @@ class MemberState:
     def emails(self) -> list[str]:
         """The emails, aligned with ``keys`` (decompressed on first use: planning never needs them)."""
         if self._emails is None:
-            text = zlib.decompress(self._packed_emails).decode("utf-8") if self._packed_emails else ""
+            try:
+                text = zlib.decompress(self._packed_emails).decode("utf-8") if self._packed_emails else ""
+            except (zlib.error, UnicodeDecodeError) as exc:
+                raise StateCorrupt(f"the state's emails are unreadable ({exc}); run with --full-resync") from None
             self._emails = text.split("\n") if len(self.keys) else []
             if len(self._emails) != len(self.keys):
                 raise StateCorrupt(
