@@ -44,9 +44,9 @@ def legacy_fingerprint(payload_json: bytes) -> int:
     return int.from_bytes(blake2b(payload_json, digest_size=8).digest(), "big")
 
 
-def raw_hash(record: bytes, salt: int) -> int:
-    """The salted hash of one raw CSV record (see shared/pipeline/rowloop.py for what the salt covers)."""
-    return xxh3_64_intdigest(record, salt)
+# The salted hash of one raw CSV record: raw_hash(record, salt) (see shared/pipeline/rowloop.py for what the salt
+# covers). The C function itself, called once per line: a Python wrapper would cost more than the hash.
+raw_hash = xxh3_64_intdigest
 
 
 def salt_of(text: str) -> int:

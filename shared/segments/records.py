@@ -14,10 +14,10 @@ come from ``csv`` itself, never from counting quotes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import BinaryIO
 
 from shared.errors import SnapshotError
+from shared.hashing import raw_hash
 from shared.storage import NotFound, ObjectStore
 
 from .model import Partition
@@ -36,9 +36,9 @@ class Lines:
     partition's earlier blocks, so the 1-based line number of ``lines[i]`` is ``base + i + 1``.
     """
 
-    __slots__ = ("_carry", "_eof", "_hash", "_stream", "base", "bytes_read", "hashes", "lines", "part", "pos", "store")
+    __slots__ = ("_carry", "_eof", "_salt", "_stream", "base", "bytes_read", "hashes", "lines", "part", "pos", "store")
 
-    def __init__(self, store: ObjectStore, part: Partition, hash_line: Callable[[bytes], int]) -> None:
+    def __init__(self, store: ObjectStore, part: Partition, salt: int) -> None:
         self.store, self.part = store, part
         try:
             self._stream: BinaryIO = store.open(part.container, part.name)
@@ -47,7 +47,7 @@ class Lines:
                 f"partition {store.describe(part.container, part.name)} does not exist (any more); "
                 "the export may have been replaced while reading: run again"
             ) from None
-        self._hash = hash_line
+        self._salt = salt
         self._carry = b""
         self._eof = False
         self.lines: list[bytes] = []
@@ -81,8 +81,8 @@ class Lines:
             self._carry = data[cut:]
             if cut:
                 self.lines = data[:cut].splitlines(keepends=True)
-        h = self._hash
-        self.hashes = [h(line) for line in self.lines]
+        h, salt = raw_hash, self._salt
+        self.hashes = [h(line, salt) for line in self.lines]
         return True
 
     def __iter__(self) -> Lines:
