@@ -82,7 +82,7 @@ def main() -> None:
         # The state a finalise writes when every planned contact was delivered (the bench has no Omnisend).
         run_id = sys.argv[3]
         paths = RunPaths(EXPORT, run_id)
-        keys, fps, raws = decode_planned(store.read(names.RUNS_CONTAINER, paths.planned_keys))
+        keys, fps, raws, dropped = decode_planned(store.read(names.RUNS_CONTAINER, paths.planned_keys))
         by_key = {}
         previous = load_state(store, EXPORT)
         changes = _read_changes(store.read(names.RUNS_CONTAINER, paths.changes))
@@ -90,9 +90,9 @@ def main() -> None:
 
         sent = {email_key(e): e for e, _, _ in changes}
         emails = previous.emails
-        for key, fp, raw in zip(keys, fps, raws, strict=True):
+        for key, fp, raw, names_dropped in zip(keys, fps, raws, dropped, strict=True):
             email = sent.get(key) or emails[previous.index_of(key)]
-            by_key[key] = (email, fp, raw)
+            by_key[key] = (email, fp, raw, names_dropped)
         out["stateBytes"] = save_state(store, EXPORT, list(by_key.values()))
         out["stateMembers"] = len(by_key)
     elif step == "run":

@@ -10,6 +10,8 @@ email and to stay within 32 bytes per contact:
     + uint32 m + zlib(the sorted email keys, as 8 byte planes)      the lookup index, sorted ascending
     + count × uint64 fingerprint (LE)                                 aligned with the keys
     + count × uint64 raw-record hash (LE; 0 = none)                   aligned with the keys (the fast path)
+    + uint32 m + zlib(count bytes: which fields each member's row dropped; 0 = none; the combinations are listed
+      in the metadata as "droppedNames")
     + zlib(the emails in key order, "\\n"-joined, UTF-8)            decompressed only when someone needs them
 Sorted 64-bit keys share their top ~20 bits with their neighbours; stored byte plane by byte plane (all top bytes,
 then all second bytes, ...) zlib squeezes those away: ~6 bytes per key instead of 8, for one extended-slice copy per
@@ -96,7 +98,17 @@ def _from_le(data: bytes) -> array:
 class MemberState:
     """The members sorted by email key, with aligned fingerprints, raw-record hashes and (lazily) emails."""
 
-    __slots__ = ("_emails", "_packed_emails", "fingerprints", "keys", "legacy", "meta", "raws")
+    __slots__ = (
+        "_emails",
+        "_packed_emails",
+        "dropped",
+        "dropped_names",
+        "fingerprints",
+        "keys",
+        "legacy",
+        "meta",
+        "raws",
+    )
 
     def __init__(
         self,
@@ -107,6 +119,8 @@ class MemberState:
         packed_emails: bytes = b"",
         meta: StateMeta | None = None,
         legacy: bool = False,
+        dropped: bytearray | None = None,
+        dropped_names: list[tuple[str, ...]] | None = None,
     ) -> None:
         self.keys = keys  # 'Q', sorted ascending
         self.fingerprints = fingerprints  # 'Q', aligned with keys
@@ -116,6 +130,10 @@ class MemberState:
         self.meta = meta or StateMeta()
         # True for a version-1/2 state: its fingerprints are blake2b (hashing.legacy_fingerprint), its raws all 0.
         self.legacy = legacy
+        # Per member, which optional fields its row had dropped (an index into dropped_names; 0 = none), so that a
+        # row recognised unparsed still counts in the run's droppedFields. At most 255 distinct combinations.
+        self.dropped = dropped if dropped is not None else bytearray(len(keys))
+        self.dropped_names: list[tuple[str, ...]] = dropped_names or [()]
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -157,9 +175,10 @@ class MemberState:
             self._packed_emails = zlib.compress("\n".join(self._emails).encode("utf-8"), 1)
         self._emails = None
 
-    def entries(self) -> list[tuple[str, int, int]]:
-        """(email, fingerprint, raw hash) of every member."""
-        return list(zip(self.emails, self.fingerprints, self.raws, strict=True))
+    def entries(self) -> list[tuple[str, int, int, tuple[str, ...]]]:
+        """(email, fingerprint, raw hash, dropped field names) of every member."""
+        names = self.dropped_names
+        return list(zip(self.emails, self.fingerprints, self.raws, [names[c] for c in self.dropped], strict=True))
 
     @staticmethod
     def empty() -> MemberState:
@@ -167,19 +186,47 @@ class MemberState:
 
     @staticmethod
     def build(entries: Iterable[tuple], meta: StateMeta | None = None, legacy: bool = False) -> MemberState:
-        """From (email, fingerprint[, raw hash]) tuples in any order; the slow path (hashes every email)."""
+        """From (email, fingerprint[, raw hash[, dropped field names]]) tuples in any order; the slow path (hashes
+        every email)."""
         # One entry per key (a later tuple for the same email wins), sorted by key.
         by_key = {email_key(e[0]): e for e in entries}
-        rows = [(k, *by_key[k]) for k in sorted(by_key)]
-        rows = [(k, e, fp, rest[0] if rest else 0) for k, e, fp, *rest in rows]
+        ordered = [by_key[k] for k in sorted(by_key)]
+        combos = DroppedCombos()
+        raws = array("Q", [e[2] if len(e) > 2 else 0 for e in ordered])
+        dropped = bytearray(len(ordered))
+        for i, e in enumerate(ordered):
+            if len(e) > 3 and e[3]:
+                dropped[i] = combos.id_of(tuple(e[3]))
+                if not dropped[i]:
+                    raws[i] = 0  # too many combinations to say: the row is parsed next time
         return MemberState(
-            array("Q", [r[0] for r in rows]),
-            array("Q", [r[2] for r in rows]),
-            array("Q", [r[3] for r in rows]),
-            [r[1] for r in rows],
+            array("Q", sorted(by_key)),
+            array("Q", [e[1] for e in ordered]),
+            raws,
+            [e[0] for e in ordered],
             meta=meta,
             legacy=legacy,
+            dropped=dropped,
+            dropped_names=combos.names,
         )
+
+
+class DroppedCombos:
+    """Numbers the combinations of dropped field names (0 = none), at most 255 of them (one byte per member)."""
+
+    def __init__(self, names: list[tuple[str, ...]] | None = None) -> None:
+        self.names: list[tuple[str, ...]] = list(names or [()])
+        self._ids = {n: i for i, n in enumerate(self.names)}
+
+    def id_of(self, names: tuple[str, ...]) -> int:
+        """The number of this combination, or 0 when there are already 255 others."""
+        found = self._ids.get(names)
+        if found is None:
+            if len(self.names) > 255:
+                return 0
+            found = self._ids[names] = len(self.names)
+            self.names.append(names)
+        return found
 
 
 def _planes(keys: array) -> bytes:
@@ -200,6 +247,9 @@ def encode_members(state: MemberState) -> bytes:
     described = state.meta.to_json()
     if state.legacy:  # blake2b fingerprints carried over (forget rewrote a version-1/2 state): say so
         described["legacyFingerprints"] = True
+    if len(state.dropped_names) > 1:
+        described["droppedNames"] = [list(n) for n in state.dropped_names]
+    dropped = zlib.compress(bytes(state.dropped), COMPRESSION_LEVEL)
     header = json.dumps(described, separators=(",", ":")).encode("utf-8")
     keys = zlib.compress(_planes(state.keys), COMPRESSION_LEVEL)
     emails = zlib.compress("\n".join(state.emails).encode("utf-8"), COMPRESSION_LEVEL)
@@ -213,6 +263,8 @@ def encode_members(state: MemberState) -> bytes:
             keys,
             _le(state.fingerprints),
             _le(state.raws),
+            _U32.pack(len(dropped)),
+            dropped,
             emails,
         )
     )
@@ -231,11 +283,14 @@ def _decode_v3(data: bytes, meta: StateMeta, offset: int) -> MemberState:
     offset += size
     fps = _from_le(data[offset : offset + 8 * count])
     raws = _from_le(data[offset + 8 * count : offset + 16 * count])
-    packed = data[offset + 16 * count :]
-    if len(keys) != count or len(fps) != count or len(raws) != count:
+    offset += 16 * count
+    (size,) = _U32.unpack_from(data, offset)
+    dropped = bytearray(zlib.decompress(data[offset + 4 : offset + 4 + size]))
+    packed = data[offset + 4 + size :]
+    if len(keys) != count or len(fps) != count or len(raws) != count or len(dropped) != count:
         raise ValueError(f"{count} members announced, the arrays are shorter")
     zlib.decompressobj().decompress(packed[:64])  # a damaged email section fails here, not later
-    return MemberState(keys, fps, raws, None, packed, meta)
+    return MemberState(keys, fps, raws, None, packed, meta, dropped=dropped)
 
 
 def _decode_legacy(body: bytes, meta: StateMeta, where: str) -> MemberState:
@@ -261,6 +316,9 @@ def decode_state(data: bytes, where: str) -> MemberState:
         if data.startswith(MAGIC):
             state = _decode_v3(data, meta, offset)
             state.legacy = bool(described.get("legacyFingerprints"))
+            state.dropped_names = [tuple(n) for n in described.get("droppedNames", [[]])]
+            if max(state.dropped, default=0) >= len(state.dropped_names):
+                raise ValueError("a member's dropped fields are not among the names recorded")
             return state
         return _decode_legacy(zlib.decompress(data[offset:]), meta, where)
     except StateCorrupt:

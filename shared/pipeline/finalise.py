@@ -170,16 +170,16 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
     # Even after --full-resync the previous state still tells who left the segment.
     previous = load_state(ctx.state_store, export.name)
     stale = previous.meta.is_newer_than(started["snapshot"], started["startedAtEpoch"])
-    keys, fps, raws = decode_planned(ctx.state_store.read(RUNS, paths.planned_keys))
+    keys, fps, raws, dropped = decode_planned(ctx.state_store.read(RUNS, paths.planned_keys))
     changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
     failed_emails = counts.not_delivered  # unconfirmed contacts stay out too: the next run sends them again
     # Planned contacts carry the fingerprint and raw hash to keep (new, refreshed, or as stored); the ones this run
     # sent keep theirs only if delivered; the rest are members, whose emails the previous state holds.
     sent = {email_key(email): email for email, _, _ in changes}
-    entries: list[tuple[str, int, int]] = []
+    entries: list[tuple[str, int, int, tuple[str, ...]]] = []
     emails = previous.emails
     index_of = previous.index_of
-    for key, fp, raw in zip(keys, fps, raws, strict=True):
+    for key, fp, raw, names in zip(keys, fps, raws, dropped, strict=True):
         email = sent.get(key)
         if email is None:
             i = index_of(key)
@@ -188,14 +188,10 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
             email = emails[i]
         elif email in failed_emails:
             continue
-        entries.append((email, fp, raw))
+        entries.append((email, fp, raw, names))
     planned_set = set(keys)
-    del keys, fps, raws, sent
-    leavers: list[tuple[str, int, int]] = [
-        (email, fp, raw)
-        for key, email, fp, raw in zip(previous.keys, emails, previous.fingerprints, previous.raws, strict=True)
-        if key not in planned_set
-    ]
+    del keys, fps, raws, dropped, sent
+    leavers = [entry for key, entry in zip(previous.keys, previous.entries(), strict=True) if key not in planned_set]
 
     status = "failed" if counts.failed_rows and counts.sent == 0 and manifest["toSend"] > 0 else (
         "partial" if counts.failed_rows or counts.unconfirmed_rows else "succeeded"

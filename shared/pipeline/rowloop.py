@@ -36,7 +36,7 @@ from shared.omnisend import build_contact_payload
 from shared.segments import BadRow, Snapshot, read_rows
 from shared.segments.reader import _bad_count, _not_utf8, _reader_kwargs, header_difference
 from shared.segments.records import Lines
-from shared.state import MemberState
+from shared.state import DroppedCombos, MemberState
 from shared.storage import ObjectStore
 
 try:  # orjson is in requirements.txt; the stdlib fallback keeps a bare checkout importable
@@ -74,13 +74,16 @@ class Planned:
     claimed: bytearray
     fingerprints: array
     raws: array
+    dropped: bytearray  # per member, its dropped-fields combination (an index into combos.names)
+    combos: DroppedCombos
     new_keys: array = field(default_factory=lambda: array("Q"))
     new_fingerprints: array = field(default_factory=lambda: array("Q"))
     new_raws: array = field(default_factory=lambda: array("Q"))
+    new_dropped: bytearray = field(default_factory=bytearray)
 
     def keep_state(self, state: MemberState) -> None:
         """Nothing of this run will be sent (the mapping guard): every member keeps what the state holds."""
-        self.fingerprints, self.raws = state.fingerprints[:], state.raws[:]
+        self.fingerprints, self.raws, self.dropped = state.fingerprints[:], state.raws[:], state.dropped[:]
 
     def encode(self, state: MemberState) -> bytes:
         """planned-keys.bin: uint32 members, uint32 new; the claimed flags (one byte per member); the members' keys,
@@ -93,6 +96,7 @@ class Planned:
                 values = array("Q", values)
                 values.byteswap()
             parts.append(values.tobytes())
+        parts += [bytes(self.dropped), bytes(self.new_dropped), json.dumps(self.combos.names).encode()]
         return b"".join(parts)
 
 
@@ -107,9 +111,9 @@ def _u64(data: bytes, offset: int, count: int) -> array:
     return values
 
 
-def decode_planned(data: bytes) -> tuple[array, array, array]:
-    """(keys, fingerprints, raw hashes) of every contact a plan found valid and not a duplicate: the members it
-    claimed, in state order, then the new contacts, in file order."""
+def decode_planned(data: bytes) -> tuple[array, array, array, list[tuple[str, ...]]]:
+    """(keys, fingerprints, raw hashes, dropped field names) of every contact a plan found valid and not a duplicate:
+    the members it claimed, in state order, then the new contacts, in file order."""
     members, new = _COUNTS.unpack_from(data)
     offset = _COUNTS.size
     claimed = data[offset : offset + members]
@@ -119,7 +123,12 @@ def decode_planned(data: bytes) -> tuple[array, array, array]:
         values = array("Q", compress(_u64(data, offset + 8 * members * i, members), claimed))
         values += _u64(data, offset + 8 * members * 3 + 8 * new * i, new)
         out.append(values)
-    return out[0], out[1], out[2]
+    offset += 24 * (members + new)
+    names = [tuple(n) for n in json.loads(data[offset + members + new :])]
+    drops = list(compress(data[offset : offset + members], claimed)) + list(
+        data[offset + members : offset + members + new]
+    )
+    return out[0], out[1], out[2], [names[c] for c in drops]
 
 
 def raw_salt(export: ExportDefinition, snapshot: Snapshot, api_version: str) -> int:
@@ -156,9 +165,13 @@ def plan_rows(
     counts = PlanCounts(previous_members=n if compare else 0)
     salt = raw_salt(export, snapshot, api_version)
     claimed = bytearray(n)
-    planned = Planned(claimed, state.fingerprints[:], state.raws[:])
-    keep_fp, keep_raw = planned.fingerprints, planned.raws
+    planned = Planned(
+        claimed, state.fingerprints[:], state.raws[:], state.dropped[:], DroppedCombos(state.dropped_names)
+    )
+    keep_fp, keep_raw, keep_drop = planned.fingerprints, planned.raws, planned.dropped
     new_keys, new_fps, new_raws = planned.new_keys.append, planned.new_fingerprints.append, planned.new_raws.append
+    new_drop = planned.new_dropped.append
+    combo_of = planned.combos.id_of
     map_row = ContactMapper(export, snapshot.columns).map
     email_index = snapshot.columns.index(export.mapping["email"])
     seen: set[int] = set()  # keys of valid rows that are not state members
@@ -210,15 +223,18 @@ def plan_rows(
                 }
             )
             return
+        combo = 0
         if contact.dropped:
-            raw = 0  # keeps droppedFields exact: such a row is always mapped
             for name in contact.dropped:
                 dropped_fields[name] += 1
+            combo = combo_of(contact.dropped)
+            if not combo:
+                raw = 0  # the 256th combination: such a row is always mapped, to keep droppedFields exact
         payload = build(contact, export, api_version)
         body = encode_payload(payload)
         fp = fp_of(body)
         if m >= 0:
-            keep_fp[m], keep_raw[m] = fp, raw
+            keep_fp[m], keep_raw[m], keep_drop[m] = fp, raw, combo
             if compare and stored_fp[m] == (fp if old_fp is None else old_fp(body)):
                 tally[3] += 1
                 return
@@ -226,6 +242,7 @@ def plan_rows(
             new_keys(key)
             new_fps(fp)
             new_raws(raw)
+            new_drop(combo)
         tally[4] += 1
         add(body, (file, line, email, fp))
         if on_sample is not None and tally[4] <= DRY_RUN_SAMPLES:
@@ -242,6 +259,7 @@ def plan_rows(
             on_reject,
             track if progress else None,
             tally,
+            dropped_fields,
         )
     else:
         hits = _reference_rows(store, snapshot, record, on_reject, track if progress else None, tally)
@@ -258,7 +276,7 @@ def plan_rows(
 _EMPTY_LINES = frozenset((b"", b"\n", b"\r\n", b"\r"))
 
 
-def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progress, tally) -> int:
+def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progress, tally, dropped_fields) -> int:
     """Walk every partition's raw lines; returns the number of fast-path hits (rows counted unchanged unparsed).
     Misses, header rows and multi-line records are parsed by ``csv`` and handed to ``record``."""
     raws = state.raws
@@ -292,7 +310,19 @@ def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progres
         try:
             if lookup:
                 hits += _walk_with_lookup(
-                    src, lookup, claimed, record, header_or_row, bad, ncols, fmt, progress, tally, done, hits
+                    src,
+                    lookup,
+                    claimed,
+                    record,
+                    header_or_row,
+                    bad,
+                    ncols,
+                    fmt,
+                    progress,
+                    tally,
+                    done,
+                    hits,
+                    (state.dropped, state.dropped_names, dropped_fields),
                 )
             else:
                 _walk_all(src, record, header_or_row, bad, ncols, fmt, progress, tally, done)
@@ -346,10 +376,12 @@ def _walk_all(src: Lines, record, header_or_row, bad, ncols, fmt, progress, tall
 
 
 def _walk_with_lookup(
-    src: Lines, lookup, claimed, record, header_or_row, bad, ncols, fmt, progress, tally, done, hits_before
+    src: Lines, lookup, claimed, record, header_or_row, bad, ncols, fmt, progress, tally, done, hits_before, drops
 ) -> int:
-    """Every line whose raw hash names a member not yet claimed is that member, unchanged; ``csv`` parses the
-    others (pulling lines one at a time from ``src``, so a record with a quoted line break may span blocks)."""
+    """Every line whose raw hash names a member not yet claimed is that member, unchanged (and counts the fields its
+    row dropped, as stored); ``csv`` parses the others (pulling lines one at a time from ``src``, so a record with a
+    quoted line break may span blocks)."""
+    dropped, dropped_names, dropped_fields = drops
     file = src.part.name
     where = src.store.describe(src.part.container, file)
     reader = csv.reader(src, **_reader_kwargs(fmt))
@@ -377,6 +409,9 @@ def _walk_with_lookup(
             if m >= 0 and not claimed[m]:
                 claimed[m] = 1
                 hits += 1
+                if dropped[m]:
+                    for name in dropped_names[dropped[m]]:
+                        dropped_fields[name] += 1
                 continue
             # The full path: csv parses the record that starts here (it may pull following lines).
             src.pos = pos

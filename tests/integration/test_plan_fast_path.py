@@ -48,11 +48,11 @@ def _plan(root: Path, definition, fast: bool, api_version: str = "2026-03-15") -
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in ("manifest.json", "planned-keys.bin", "started.json")
     }
-    keys, fps, _ = rowloop.decode_planned((folder / "planned-keys.bin").read_bytes())
+    keys, fps, _, dropped = rowloop.decode_planned((folder / "planned-keys.bin").read_bytes())
     return {
         "manifest": {k: v for k, v in manifest.items() if k not in TIMING},
         "files": files,
-        "planned": sorted(zip(keys, fps, strict=True)),
+        "planned": sorted(zip(keys, fps, dropped, strict=True)),
     }
 
 
@@ -103,6 +103,8 @@ def test_an_unchanged_snapshot_is_all_unchanged_either_way(tmp_path, sim):
     fast, reference = _both_ways(tmp_path, root, load_export())
     _assert_same(fast, reference)
     assert fast["manifest"]["toSend"] == 0 and fast["manifest"]["unchanged"] == fast["manifest"]["valid"]
+    # Rows recognised unparsed still count the fields they dropped (stored with the member).
+    assert fast["manifest"]["droppedFields"]
 
 
 def test_renamed_columns_with_the_same_bytes_send_the_new_meaning(tmp_path, sim):

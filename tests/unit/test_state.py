@@ -107,8 +107,13 @@ def test_the_metadata_is_read_without_the_members(tmp_path):
 # --- format version 3: sorted keys, raw-record hashes, legacy fingerprints -------------------------------------------
 
 
-def test_round_trip_keeps_the_raw_record_hashes():
-    entries = [("a@example.com", 1, 111), ("b@example.com", 2, 0), ("c@example.com", 3, 333)]
+def test_round_trip_keeps_the_raw_record_hashes_and_dropped_fields():
+    entries = [
+        ("a@example.com", 1, 111, ()),
+        ("b@example.com", 2, 0, ("phone",)),
+        ("c@example.com", 3, 333, ("birthdate", "phone")),
+        ("d@example.com", 4, 444, ("phone",)),
+    ]
     state = decode_state(encode_state(entries), "test")
     assert sorted(state.entries()) == entries
 
@@ -119,7 +124,7 @@ def test_a_state_is_sorted_by_email_key_with_its_columns_aligned():
     assert list(state.keys) == sorted(email_key(e) for e, _, _ in entries)
     for email, fp, raw in entries:
         i = state.index_of(email_key(email))
-        assert (state.emails[i], state.fingerprints[i], state.raws[i]) == (email, fp, raw)
+        assert (state.emails[i], state.fingerprints[i], state.raws[i], state.dropped[i]) == (email, fp, raw, 0)
 
 
 def test_a_current_state_is_not_legacy_and_an_old_one_is():
@@ -134,7 +139,7 @@ def test_a_rewritten_old_state_keeps_saying_its_fingerprints_are_blake2b():
     body = struct.pack("<IQ", 1, 5) + b"old@example.com"
     old = decode_state(b"CIOSTATE1\n" + zlib.compress(body), "members.bin")
     again = decode_state(encode_members(old), "members.bin")
-    assert again.legacy and again.entries() == [("old@example.com", 5, 0)]
+    assert again.legacy and again.entries() == [("old@example.com", 5, 0, ())]
 
 
 def test_a_million_contacts_fit_in_32_bytes_each_at_the_benchmark_s_address_lengths():
