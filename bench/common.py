@@ -17,9 +17,18 @@ def export_definition():
         "name": EXPORT,
         "source": {"container": sample_data.CONTAINER, "path": sample_data.EXPORT_PATH, "table": sample_data.TABLE},
         "mapping": {
-            "email": "EMail", "firstName": "FirstName", "lastName": "LastName", "phone": "Telephone",
-            "address": "StreetAddress", "city": "City", "state": "State", "postalCode": "PostCode",
-            "country": "Country", "countryCode": "CountryCode", "birthdate": "DateOfBirth", "gender": "Gender",
+            "email": "EMail",
+            "firstName": "FirstName",
+            "lastName": "LastName",
+            "phone": "Telephone",
+            "address": "StreetAddress",
+            "city": "City",
+            "state": "State",
+            "postalCode": "PostCode",
+            "country": "Country",
+            "countryCode": "CountryCode",
+            "birthdate": "DateOfBirth",
+            "gender": "Gender",
             "customProperties": {"loyalty_tier": "LoyaltyTier", "lifetime_value": "LifetimeValue"},
         },
         "tags": ["ci-vip"],
@@ -29,5 +38,9 @@ def export_definition():
 
 
 def settings_for(root: Path, base_url: str, rpm: int) -> Settings:
-    return Settings(local_storage_root=root, omnisend_base_url=base_url, omnisend_api_key="bench-key",
-                    omnisend_requests_per_minute=rpm)
+    return Settings(
+        local_storage_root=root,
+        omnisend_base_url=base_url,
+        omnisend_api_key="bench-key",
+        omnisend_requests_per_minute=rpm,
+    )

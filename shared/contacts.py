@@ -15,8 +15,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from hashlib import blake2b
 
+from shared import hashing
 from shared.errors import ConfigError, RejectRow
 from shared.exports import CONTACT_FIELDS, ChannelStatus, ExportDefinition, closest, normalise_consent_value
 
@@ -104,13 +104,13 @@ def non_ascii_reason(email: str) -> str:
 
 
 def email_key(email: str) -> int:
-    """64-bit key of the normalised email, for dedupe and per-export state (unsigned, big-endian blake2b)."""
-    return int.from_bytes(blake2b(normalise_email(email).encode(), digest_size=8).digest(), "big")
+    """64-bit key of the normalised email, for dedupe and per-export state (xxh3: see shared/hashing.py)."""
+    return hashing.key_of_normalised(normalise_email(email))
 
 
 def fingerprint(payload_json: bytes) -> int:
-    """64-bit blake2b of the exact payload bytes sent: equal fingerprints mean nothing changed for that contact."""
-    return int.from_bytes(blake2b(payload_json, digest_size=8).digest(), "big")
+    """64-bit hash of the exact payload bytes sent: equal fingerprints mean nothing changed for that contact."""
+    return hashing.fingerprint(payload_json)
 
 
 def clean_country_code(value: str) -> str | None:

@@ -31,7 +31,7 @@ from shared.contacts import normalise_email
 from shared.errors import ConfigError, FailRun
 from shared.logs import mask_email
 from shared.retention import RunFolder, is_payload, run_folders
-from shared.state import decode_state, encode_state
+from shared.state import MemberState, decode_state, encode_members
 from shared.storage import ObjectStore
 
 RUNS = names.RUNS_CONTAINER
@@ -110,12 +110,13 @@ def _state_files(store: ObjectStore) -> list[tuple[str, str]]:
 def _forget_in_state(store: ObjectStore, container: str, name: str, targets: set[str], tally: _Tally,
                      dry_run: bool) -> None:
     state = decode_state(store.read(container, name), store.describe(container, name))
-    kept = [(e, fp) for e, fp in zip(state.emails, state.fingerprints, strict=True) if e not in targets]
+    kept = [entry for entry in state.entries() if entry[0] not in targets]
     removed = len(state) - len(kept)
     if removed:
         tally.found.update(e for e in state.emails if e in targets)
         if not dry_run:
-            store.write(container, name, encode_state(kept))
+            # The state keeps what it describes and the kind of fingerprints it holds (shared/state.py).
+            store.write(container, name, encode_members(MemberState.build(kept, state.meta, legacy=state.legacy)))
         tally.add(f"{container}/{name}", removed)
 
 

@@ -20,8 +20,6 @@ write is either create-if-absent or rewrites the same bytes.
 from __future__ import annotations
 
 import json
-import zlib
-from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +32,7 @@ from shared.omnisend.client import UNTAG_MAX_EMAILS
 from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
+from shared.pipeline.rowloop import decode_planned
 from shared.pipeline.start import is_superseded, read_started, release_active
 from shared.retention import delete_payloads
 from shared.runs import (
@@ -171,21 +170,28 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
     # Even after --full-resync the previous state still tells who left the segment.
     previous = load_state(ctx.state_store, export.name)
     stale = previous.meta.is_newer_than(started["snapshot"], started["startedAtEpoch"])
-    planned = array("Q")
-    planned.frombytes(zlib.decompress(ctx.state_store.read(RUNS, paths.planned_keys)))
-    planned_set = set(planned)
-    del planned
+    keys, fps, raws, dropped = decode_planned(ctx.state_store.read(RUNS, paths.planned_keys))
     changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
     failed_emails = counts.not_delivered  # unconfirmed contacts stay out too: the next run sends them again
-    changed_emails = {email for email, _, _ in changes}
-    entries: list[tuple[str, int]] = [(e, fp) for e, fp, _ in changes if e not in failed_emails]
-    leavers: list[tuple[str, int]] = []
-    for email, fp in zip(previous.emails, previous.fingerprints, strict=True):
-        if email_key(email) in planned_set:
-            if email not in changed_emails:
-                entries.append((email, fp))
-        else:
-            leavers.append((email, fp))
+    # Planned contacts carry the fingerprint and raw hash to keep (new, refreshed, or as stored); the ones this run
+    # sent keep theirs only if delivered; the rest are members, whose emails the previous state holds.
+    sent = {email_key(email): email for email, _, _ in changes}
+    entries: list[tuple[str, int, int, tuple[str, ...]]] = []
+    emails = previous.emails
+    index_of = previous.index_of
+    for key, fp, raw, names in zip(keys, fps, raws, dropped, strict=True):
+        email = sent.get(key)
+        if email is None:
+            i = index_of(key)
+            if i < 0:  # valid but not sent (the mapping guard stopped the run) and not a member: stays out
+                continue
+            email = emails[i]
+        elif email in failed_emails:
+            continue
+        entries.append((email, fp, raw, names))
+    planned_set = set(keys)
+    del keys, fps, raws, dropped, sent
+    leavers = [entry for key, entry in zip(previous.keys, previous.entries(), strict=True) if key not in planned_set]
 
     status = "failed" if counts.failed_rows and counts.sent == 0 and manifest["toSend"] > 0 else (
         "partial" if counts.failed_rows or counts.unconfirmed_rows else "succeeded"
@@ -263,7 +269,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
     counts = _count_results(ctx, paths)
     generation = summary["generation"]
     entries_state = decode_state(ctx.state_store.read(RUNS, _entries_name(paths, generation)), "entries")
-    entries = list(zip(entries_state.emails, entries_state.fingerprints, strict=True))
+    entries = entries_state.entries()
     del entries_state
 
     status, message = summary["status"], summary["message"]
@@ -277,7 +283,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
         if marker.get("failed"):
             untag_failed += marker["failed"]
             kept = decode_state(ctx.state_store.read(RUNS, _chunk_name(paths, generation, i)), "leavers")
-            entries.extend(zip(kept.emails, kept.fingerprints, strict=True))
+            entries.extend(kept.entries())
     if untag_failed:
         status = "partial" if status == "succeeded" else status
         message = f"untagging {untag_failed} of {summary['leavers']} leavers failed; the next run tries again"

@@ -8,21 +8,17 @@ import struct
 import sys
 import threading
 import time
-import zlib
 from array import array
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from hashlib import blake2b
 from typing import Any
 
-from shared.contacts import ContactMapper
-from shared.errors import RejectRow
+from shared import hashing
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.logs import mask_email
-from shared.omnisend import API_LIMITS, build_contact_payload
+from shared.omnisend import API_LIMITS
 from shared.omnisend.payloads import OLD_STATUS_DATE
 from shared.runs import (
     RunPaths,
@@ -30,8 +26,8 @@ from shared.runs import (
     read_json,
     rejected_csv,
 )
-from shared.segments import BadRow, Snapshot, discover_snapshot, read_rows
-from shared.state import MemberState, load_state
+from shared.segments import discover_snapshot
+from shared.state import load_state
 
 try:  # orjson is in requirements.txt; the stdlib fallback keeps a bare checkout importable
     from orjson import dumps as _encode_payload
@@ -40,13 +36,14 @@ except ImportError:  # pragma: no cover
         return dumps(obj)
 
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, _snapshot_from_json, log
+from shared.pipeline.rowloop import PlanCounts, plan_rows
 from shared.pipeline.start import read_started
 
 # With a remote store (Blob), batch files are written by the store's ``parallel_writes`` threads while planning goes
 # on, at most WRITE_AHEAD waiting in memory (100 batches of ~30 KB: a few MB).
 WRITE_AHEAD = 100
-# Dry-run reports show this many sample payloads and rejected rows (every value masked: see _mask_payload).
-DRY_RUN_SAMPLES = 5
+# Dry-run reports show DRY_RUN_SAMPLES sample payloads and this many rejected rows (every value masked: see
+# _mask_payload).
 DRY_RUN_REJECTED_SAMPLES = 20
 # Rejection reasons quoted in a mapping-guard message and a dry run, most frequent first, and how many masked
 # file:line samples each: enough to recognise a wrong mapping without listing people.
@@ -54,20 +51,6 @@ TOP_REASONS = 3
 REASON_SAMPLES = 3
 
 # ---------------------------------------------------------------------------------------------------- plan
-
-
-@dataclass
-class PlanCounts:
-    rows: int = 0
-    valid: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    unchanged: int = 0
-    to_send: int = 0
-    batches: int = 0
-    leavers: int = 0
-    previous_members: int = 0
-    dropped_fields: Counter = field(default_factory=Counter)
 
 
 class _BatchWriter:
@@ -182,90 +165,16 @@ def _gc_paused():
             gc.enable()
 
 
-def _key_of(email: str) -> int:
-    """contacts.email_key for an email that is already normalised (skips normalising it again)."""
-    return int.from_bytes(blake2b(email.encode(), digest_size=8).digest(), "big")
-
-
-def _plan_rows(
-    ctx: Context,
-    export: ExportDefinition,
-    snapshot: Snapshot,
-    state: MemberState,
-    full_resync: bool,
-    writer: _BatchWriter,
-    on_reject: Callable[[dict[str, Any]], None],
-    on_sample: Callable[[dict[str, Any]], None] | None,
-    progress: Callable[[int, int], None] | None,
-) -> tuple[PlanCounts, array]:
-    """The hot loop of planning (a million rows in seconds): locals only, no per-row allocations it can avoid."""
-    counts = PlanCounts(previous_members=len(state))
-    map_row = ContactMapper(export, snapshot.columns).map
-    email_index = snapshot.columns.index(export.mapping["email"])
-    seen: set[int] = set()
-    seen_add = seen.add
-    planned = array("Q")
-    planned_append = planned.append
-    version = ctx.api_version
-    build = build_contact_payload
-    add = writer.add
-    previous = state.fingerprint_of if len(state) and not full_resync else None
-    rows = rejected = duplicates = unchanged = to_send = 0
-    dropped_fields = counts.dropped_fields
-    def track(n: int) -> None:
-        if progress:
-            progress(rows, n)
-
-    for row in read_rows(ctx.source_store, snapshot, progress=track if progress else None):
-        rows += 1
-        if row.__class__ is BadRow:
-            rejected += 1
-            on_reject({"bucket": "rejected", "file": row.file, "line": row.line, "email": "", "reason": row.reason})
-            continue
-        try:
-            contact = map_row(row.file, row.line, row.fields)
-        except RejectRow as exc:
-            rejected += 1
-            raw = row.fields[email_index] if email_index < len(row.fields) else ""
-            on_reject({"bucket": "rejected", "file": row.file, "line": row.line, "email": raw, "reason": exc.reason})
-            continue
-        email = contact.email
-        key = _key_of(email)
-        if key in seen:
-            duplicates += 1
-            on_reject({"bucket": "duplicate", "file": row.file, "line": row.line, "email": email,
-                       "reason": "duplicate email: an earlier row with the same address was exported (first wins)"})
-            continue
-        seen_add(key)
-        planned_append(key)
-        if contact.dropped:
-            for name in contact.dropped:
-                dropped_fields[name] += 1
-        payload = build(contact, export, version)
-        body = _encode_payload(payload)
-        fp = int.from_bytes(blake2b(body, digest_size=8).digest(), "big")  # contacts.fingerprint, inlined
-        if previous is not None and previous(key) == fp:
-            unchanged += 1
-            continue
-        to_send += 1
-        add(body, (row.file, row.line, email, fp))
-        if on_sample is not None and to_send <= DRY_RUN_SAMPLES:
-            on_sample(payload)
-    writer.flush()
-    writer.close()
-    counts.rows, counts.rejected, counts.duplicates = rows, rejected, duplicates
-    counts.unchanged, counts.to_send = unchanged, to_send
-    counts.valid = rows - rejected - duplicates
-    counts.batches = writer.count
-    if len(state):
-        counts.leavers = sum(1 for k in state.key_index() if k not in seen)
-    return counts, planned
+# contacts.email_key for an email that is already normalised (skips normalising it again).
+_key_of = hashing.key_of_normalised
 
 
 def plan(
-    ctx: Context, export: ExportDefinition, run_id: str, progress: Callable[[int, int], None] | None = None
+    ctx: Context, export: ExportDefinition, run_id: str, progress: Callable[[int, int], None] | None = None,
+    *, fast_path: bool = True,
 ) -> dict[str, Any]:
-    """Read the snapshot, write the batches and the manifest. Idempotent: an existing manifest is returned."""
+    """Read the snapshot, write the batches and the manifest. Idempotent: an existing manifest is returned.
+    ``fast_path=False`` parses every row with the reference reader (the equivalence test; same result)."""
     paths = RunPaths(export.name, run_id)
     existing = read_json(ctx.state_store, RUNS, paths.manifest)
     if existing is not None:
@@ -275,24 +184,29 @@ def plan(
     snapshot = _snapshot_from_json(started["source"])
     limits = API_LIMITS[ctx.api_version]
     t0 = time.perf_counter()
-    state = MemberState.empty() if options.full_resync else load_state(ctx.state_store, export.name)
-    state.drop_emails()  # planning needs keys and fingerprints only; finalise reloads the emails
+    # Even a full resync reads the state: its members are claimed (finalise keeps them aligned), never compared.
+    state = load_state(ctx.state_store, export.name)
+    state.drop_emails()  # planning needs keys, fingerprints and raw hashes only; finalise reloads the emails
 
     rejected: list[dict[str, Any]] = []
     writer = _BatchWriter(ctx, paths, limits.max_batch_items, limits.max_body_bytes)
     with _gc_paused():
-        counts, planned = _plan_rows(
-            ctx, export, snapshot, state, options.full_resync, writer, rejected.append, None, progress
+        counts, planned = plan_rows(
+            ctx.source_store, export, snapshot, state, ctx.api_version, not options.full_resync, writer.add,
+            rejected.append, None, progress, fast=fast_path,
         )
+        writer.flush()
+        writer.close()
+        counts.batches = writer.count
     guard = mapping_guard(export, counts, rejected)
     if guard is not None:
         # Nothing of this run may reach Omnisend: the planned contacts become "failed" rows and their payloads go.
         rejected.extend(_unsend(ctx, paths, writer.count, guard["reason"]))
         writer.sizes, writer._change_parts, counts.batches = [], [], 0
+        planned.keep_state(state)
         log.warning("plan export=%s runId=%s %s", export.name, run_id, guard["message"])
-    planned = array("Q", sorted(planned))
     ctx.state_store.write(RUNS, paths.changes, writer.changes())
-    ctx.state_store.write(RUNS, paths.planned_keys, zlib.compress(planned.tobytes(), 1))
+    ctx.state_store.write(RUNS, paths.planned_keys, planned.encode(state))
     ctx.state_store.write(RUNS, paths.plan_rejected, rejected_csv(rejected))
     manifest = {
         "runId": run_id,
@@ -325,22 +239,25 @@ def plan(
     return manifest
 
 
-def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions) -> dict[str, Any]:
+def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions, *, fast_path: bool = True) -> dict[str, Any]:
     """Everything a run would do, with reads only: no write request to Omnisend, nothing stored."""
     ensure_runnable(export)
     t0 = time.perf_counter()
     snapshot = discover_snapshot(ctx.source_store, export.source)
     limits = API_LIMITS[ctx.api_version]
-    state = MemberState.empty() if options.full_resync else load_state(ctx.state_store, export.name)
+    state = load_state(ctx.state_store, export.name)
     state.drop_emails()
     samples: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     writer = _BatchWriter(ctx, None, limits.max_batch_items, limits.max_body_bytes)
     with _gc_paused():
-        counts, _ = _plan_rows(
-            ctx, export, snapshot, state, options.full_resync, writer, rejected.append,
-            lambda p: samples.append(_mask_payload(p)), None,
+        counts, _ = plan_rows(
+            ctx.source_store, export, snapshot, state, ctx.api_version, not options.full_resync, writer.add,
+            rejected.append, lambda p: samples.append(_mask_payload(p)), None, fast=fast_path,
         )
+        writer.flush()
+        writer.close()
+        counts.batches = writer.count
     guard_tripped = mapping_guard(export, counts, rejected)
     would_untag = counts.leavers if export.on_exit == "untag" and export.tags else 0
     guard = _mass_exit_tripped(export, counts.leavers, counts.previous_members, options.allow_mass_exit)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from hashlib import blake2b
 
 import pytest
 
+from shared import hashing
 from shared.contacts import email_key, fingerprint
 from shared.pipeline import _key_of
-from shared.state import MemberState, StateCorrupt, decode_state, encode_state
+from shared.state import MemberState, StateCorrupt, decode_state, encode_members, encode_state
 
 
 def test_round_trip_keeps_every_email_and_fingerprint():
@@ -43,7 +46,9 @@ def test_planning_keys_match_the_state_keys():
     assert _key_of("anna@example.com") == email_key("anna@example.com")
     assert MemberState.empty().fingerprint_of(_key_of("x@example.com")) is None
     body = b'{"a":1}'
-    assert fingerprint(body) == int.from_bytes(blake2b(body, digest_size=8).digest(), "big")  # inlined in planning
+    assert fingerprint(body) == hashing.fingerprint(body)  # what planning calls
+    # States of format versions 1 and 2 hold blake2b fingerprints: planning compares those with the legacy hash.
+    assert hashing.legacy_fingerprint(body) == int.from_bytes(blake2b(body, digest_size=8).digest(), "big")
 
 
 def test_a_state_from_the_old_location_is_read_then_moved_on_save(tmp_path):
@@ -97,3 +102,61 @@ def test_the_metadata_is_read_without_the_members(tmp_path):
     assert load_state_meta(store, "vip") == StateMeta()
     save_state(store, "vip", [("a@example.com", 1)], StateMeta("B", "r-b", 2.0))
     assert load_state_meta(store, "vip") == StateMeta("B", "r-b", 2.0)
+
+
+# --- format version 3: sorted keys, raw-record hashes, legacy fingerprints -------------------------------------------
+
+
+def test_round_trip_keeps_the_raw_record_hashes_and_dropped_fields():
+    entries = [
+        ("a@example.com", 1, 111, ()),
+        ("b@example.com", 2, 0, ("phone",)),
+        ("c@example.com", 3, 333, ("birthdate", "phone")),
+        ("d@example.com", 4, 444, ("phone",)),
+    ]
+    state = decode_state(encode_state(entries), "test")
+    assert sorted(state.entries()) == entries
+
+
+def test_a_state_is_sorted_by_email_key_with_its_columns_aligned():
+    entries = [(f"person{i}@example.com", i, i * 7) for i in range(500)]
+    state = decode_state(encode_state(entries), "test")
+    assert list(state.keys) == sorted(email_key(e) for e, _, _ in entries)
+    for email, fp, raw in entries:
+        i = state.index_of(email_key(email))
+        assert (state.emails[i], state.fingerprints[i], state.raws[i], state.dropped[i]) == (email, fp, raw, 0)
+
+
+def test_a_current_state_is_not_legacy_and_an_old_one_is():
+    current = decode_state(encode_state([("a@example.com", 1)]), "test")
+    body = struct.pack("<IQ", 1, 5) + b"old@example.com"
+    old = decode_state(b"CIOSTATE2\n" + struct.pack("<I", 2) + b"{}" + zlib.compress(body), "members.bin")
+    assert not current.legacy and old.legacy
+    assert old.fingerprint_of(email_key("old@example.com")) == 5 and old.raws.tolist() == [0]
+
+
+def test_a_rewritten_old_state_keeps_saying_its_fingerprints_are_blake2b():
+    body = struct.pack("<IQ", 1, 5) + b"old@example.com"
+    old = decode_state(b"CIOSTATE1\n" + zlib.compress(body), "members.bin")
+    again = decode_state(encode_members(old), "members.bin")
+    assert again.legacy and again.entries() == [("old@example.com", 5, 0, ())]
+
+
+def test_a_million_contacts_fit_in_32_bytes_each_at_the_benchmark_s_address_lengths():
+    # 50k sampled addresses of the benchmark generator's shape; keys, fingerprints and raw hashes are random.
+    import random
+
+    rnd = random.Random(3)
+    names = ["anna", "jonas", "karin", "nils", "ben", "maria", "li", "omar", "eva", "tomas"]
+    domains = ["example.com", "mail.example", "example.org", "post.example.net"]
+    entries = [
+        (f"{rnd.choice(names)}.{rnd.choice(names)}.{i}@{rnd.choice(domains)}", rnd.getrandbits(64), rnd.getrandbits(64))
+        for i in range(50_000)
+    ]
+    assert len(encode_state(entries)) / len(entries) <= 32
+
+
+def test_a_damaged_current_state_says_how_to_rebuild_it():
+    data = encode_state([("a@example.com", 1, 2)])
+    with pytest.raises(StateCorrupt, match="full-resync"):
+        _ = decode_state(data[:-20], "members.bin").emails
