@@ -44,9 +44,8 @@ def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
 
 def check_container(container: str) -> None:
     if not isinstance(container, str) or not CONTAINER_RE.fullmatch(container):
-        raise BadName(
-            f"bad container name {excerpt(str(container))}: use 3-63 lower-case letters, digits and single hyphens"
-        )
+        raise BadName(f"bad container name {excerpt(str(container))}: use 3-63 lower-case letters, digits and "
+                      "single hyphens")
 
 
 def check_name(name: str, *, prefix: bool = False) -> None:
