@@ -3,8 +3,9 @@
     python -m bench.segment_files local --rows 1000000   # plan on the local store: files written, seconds, RSS
     python -m bench.segment_files blob --rows 100000     # plan on Azurite: blob uploads, seconds
 
-Counts at the store boundary (every write/create), so it measures any version of the planner: run it with
-``PYTHONPATH=<another checkout>`` to get the "before" numbers. Data is generated once per row count under
+Counts at the store boundary (every write/create), so it measures any version of the planner. For the "before"
+numbers run this file from another checkout's folder: ``cd <checkout> && PYTHONPATH=. python
+<this repo>/bench/segment_files.py local``. Data is generated once per row count under
 ``--data`` (default /tmp/bench-segment-files). ``blob`` needs Azurite on 127.0.0.1:10000 (``./dev azurite start``
 or any tests/azure run). Not a test: numbers go to the README.
 """
@@ -22,7 +23,6 @@ import uuid
 from pathlib import Path
 
 from devtools import sample_data
-
 
 
 class CountingStore:
