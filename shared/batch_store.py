@@ -82,13 +82,23 @@ def encode_index(entries: list[tuple[int, int, int]]) -> bytes:
     return bytes(out)
 
 
-def decode_index(data: bytes, where: str) -> list[tuple[int, int, int]]:
-    if len(data) < _INDEX_HEAD.size:
-        raise BatchUnreadable(f"batch index {where} is truncated ({len(data)} bytes)")
-    magic, count = _INDEX_HEAD.unpack_from(data)
-    if magic != _INDEX_MAGIC or len(data) != _INDEX_HEAD.size + count * _INDEX_ENTRY.size:
-        raise BatchUnreadable(f"batch index {where} is not a {LAYOUT_FORMAT} index ({len(data)} bytes)")
-    return [e for e in _INDEX_ENTRY.iter_unpack(data[_INDEX_HEAD.size :])]
+class BatchIndex:
+    """A decoded index.bin, kept as its bytes (16 per batch) and unpacked one entry at a time."""
+
+    def __init__(self, data: bytes, where: str) -> None:
+        if len(data) < _INDEX_HEAD.size:
+            raise BatchUnreadable(f"batch index {where} is truncated ({len(data)} bytes)")
+        magic, count = _INDEX_HEAD.unpack_from(data)
+        if magic != _INDEX_MAGIC or len(data) != _INDEX_HEAD.size + count * _INDEX_ENTRY.size:
+            raise BatchUnreadable(f"batch index {where} is not a {LAYOUT_FORMAT} index ({len(data)} bytes)")
+        self._data, self.count = data, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def entry(self, n: int) -> tuple[int, int, int]:
+        """(segment, offset, length) of batch n (1-based)."""
+        return _INDEX_ENTRY.unpack_from(self._data, _INDEX_HEAD.size + (n - 1) * _INDEX_ENTRY.size)
 
 
 # ------------------------------------------------------------------------------------------------------ writing
@@ -180,11 +190,11 @@ class SegmentWriter:
 
 # ------------------------------------------------------------------------------------------------------ reading
 
-_cache: OrderedDict[str, tuple[str, list[tuple[int, int, int]]] | None] = OrderedDict()
+_cache: OrderedDict[str, tuple[str, BatchIndex] | None] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _layout(store: ObjectStore, paths: RunPaths, *, fresh: bool) -> tuple[str, list[tuple[int, int, int]]] | None:
+def _layout(store: ObjectStore, paths: RunPaths, *, fresh: bool) -> tuple[str, BatchIndex] | None:
     """(segment folder, index) of the run, or None for a run planned with one file per batch."""
     key = store.describe(RUNS, paths.root)
     if not fresh:
@@ -208,7 +218,7 @@ def _layout(store: ObjectStore, paths: RunPaths, *, fresh: bool) -> tuple[str, l
             )
         folder = f"{paths.root}/{spec['folder']}"
         index_name = folder + INDEX_NAME
-        layout = (folder, decode_index(store.read(RUNS, index_name), store.describe(RUNS, index_name)))
+        layout = (folder, BatchIndex(store.read(RUNS, index_name), store.describe(RUNS, index_name)))
     with _cache_lock:
         _cache[key] = layout
         _cache.move_to_end(key)
@@ -225,7 +235,7 @@ def locate(store: ObjectStore, paths: RunPaths, n: int, *, fresh: bool = False) 
     folder, index = layout
     if not 1 <= n <= len(index):
         raise NotFound(f"batch {n} of run {paths.run_id} (the run has {len(index)})")
-    k, offset, length = index[n - 1]
+    k, offset, length = index.entry(n)
     return BatchLocation(segment_name(folder, k), offset, length)
 
 
