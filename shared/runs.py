@@ -5,7 +5,11 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
 
     <export>/runs/<runId>/started.json        created when the run starts (options, snapshot)
     <export>/runs/<runId>/manifest.json       created once by PLAN: counts and the number of batches
-    <export>/runs/<runId>/batches/<n>.json    the contact payloads of batch n, with their source rows
+    <export>/runs/<runId>/batches/<layout>/<k>.seg   segment k: the contact payloads of up to 100 batches, with
+                                              their source rows, read one batch at a time by byte range
+    <export>/runs/<runId>/batches/<layout>/index.bin batch n -> (segment, offset, length); the manifest names the
+                                              layout (shared/batch_store.py). Runs planned before segments
+                                              have batches/<n>.json, one file per batch, still read.
     <export>/runs/<runId>/changes.bin         email + fingerprint + batch of every contact to send, for the new state
     <export>/runs/<runId>/planned-keys.bin    keys of every valid contact in the snapshot, to find leavers
     <export>/runs/<runId>/plan-rejected.csv   rows rejected or deduplicated while planning

@@ -78,6 +78,12 @@ def check_location(container: str, name: str) -> None:
     check_name(name)
 
 
+def check_range(offset: int, length: int) -> None:
+    """A byte range both stores read the same way: a non-negative offset and a positive length."""
+    if offset < 0 or length <= 0:
+        raise ValueError(f"bad byte range: offset {offset}, length {length} (offset >= 0 and length > 0)")
+
+
 @dataclass(frozen=True)
 class StoredObject:
     container: str
@@ -96,6 +102,10 @@ class ObjectStore(Protocol):
 
     def read(self, container: str, name: str) -> bytes:
         """The whole object; raises NotFound."""
+
+    def read_range(self, container: str, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer when the object ends first, none past its end); raises NotFound.
+        One request on Blob Storage, whatever the object's size (a batch read out of a segment file)."""
 
     def write(self, container: str, name: str, data: bytes) -> None:
         """Create or replace, atomically (a reader never sees half an object)."""
@@ -169,6 +179,12 @@ class LocalObjectStore:
     def read(self, container: str, name: str) -> bytes:
         with self.open(container, name) as f:
             return f.read()
+
+    def read_range(self, container: str, name: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        with self.open(container, name) as f:
+            f.seek(offset)
+            return f.read(length)
 
     def _temp(self, path: Path, data: bytes) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from shared.errors import ConfigError
@@ -24,6 +24,7 @@ from shared.storage import (
     check_container,
     check_location,
     check_name,
+    check_range,
 )
 
 if TYPE_CHECKING:
@@ -150,6 +151,19 @@ class BlobObjectStore:
             return self._blob(container, name).download_blob().readall()
         except ResourceNotFoundError:
             raise NotFound(self.describe(container, name)) from None
+
+    def read_range(self, container: str, name: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        try:
+            # A ranged GET (x-ms-range): at most max_single_get_size is fetched in the first request, and a batch
+            # (tens of KB) is far below it, so this is one request.
+            return self._blob(container, name).download_blob(offset=offset, length=length).readall()
+        except ResourceNotFoundError:
+            raise NotFound(self.describe(container, name)) from None
+        except HttpResponseError as exc:
+            if exc.status_code == 416:  # the range starts at or past the end: nothing there, as on the local store
+                return b""
+            raise
 
     def write(self, container: str, name: str, data: bytes) -> None:
         # A blob upload commits atomically (single Put Blob, or Put Block List for large data).

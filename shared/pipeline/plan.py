@@ -6,16 +6,15 @@ import gc
 import json
 import struct
 import sys
-import threading
 import time
 from array import array
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 from shared import hashing
+from shared.batch_store import SegmentWriter
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.logs import mask_email
 from shared.omnisend import API_LIMITS
@@ -39,11 +38,8 @@ from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, _snapsh
 from shared.pipeline.rowloop import PlanCounts, plan_rows
 from shared.pipeline.start import read_started
 
-# With a remote store (Blob), batch files are written by the store's ``parallel_writes`` threads while planning goes
-# on, at most WRITE_AHEAD waiting in memory (100 batches of ~30 KB: a few MB).
-WRITE_AHEAD = 100
-# Dry-run reports show DRY_RUN_SAMPLES sample payloads and this many rejected rows (every value masked: see
-# _mask_payload).
+# Dry-run reports show DRY_RUN_SAMPLES (shared/pipeline/rowloop.py) sample payloads and this many rejected rows
+# (every value masked: see _mask_payload).
 DRY_RUN_REJECTED_SAMPLES = 20
 # Rejection reasons quoted in a mapping-guard message and a dry run, most frequent first, and how many masked
 # file:line samples each: enough to recognise a wrong mapping without listing people.
@@ -54,8 +50,9 @@ REASON_SAMPLES = 3
 
 
 class _BatchWriter:
-    """Cuts planned contacts into batches under both caps (items and body bytes), writes each batch file, and
-    keeps the email + fingerprint + batch of every planned contact (changes.bin) for the new state."""
+    """Cuts planned contacts into batches under both caps (items and body bytes), hands each batch to the segment
+    writer (shared/batch_store.py), and keeps the email + fingerprint + batch of every planned contact
+    (changes.bin) for the new state."""
 
     def __init__(self, ctx: Context, paths: RunPaths | None, max_items: int, max_bytes: int) -> None:
         self.ctx, self.paths = ctx, paths
@@ -68,13 +65,8 @@ class _BatchWriter:
         self.count = 0
         self.sizes: list[int] = []  # rows per batch, kept in the manifest
         self._change_parts: list[bytes] = []
-        # An upload waits ~10 ms on the network (10,000 batches: minutes), so remote stores get writer threads.
-        # A local file takes ~0.2 ms, mostly CPU: threads there only fight the planning loop for the GIL and did
-        # not make planning 1M rows any faster (25-37 s either way on the 2-core dev VM, whose speed varies).
-        self._threads = getattr(ctx.state_store, "parallel_writes", 0)
-        self._pool = ThreadPoolExecutor(max(1, self._threads), thread_name_prefix="batch-write")
-        self._slots = threading.BoundedSemaphore(WRITE_AHEAD)
-        self._writes: list[Future] = []
+        self.segments = SegmentWriter(ctx.state_store, paths) if paths is not None else None
+        self.layout: dict[str, Any] | None = None  # what close() wrote, for the manifest
 
     def add(self, body: bytes, row: tuple[str, int, str, int]) -> None:
         if len(self.bodies) >= self.max_items or self.size + len(body) > self.max_bytes:
@@ -89,28 +81,16 @@ class _BatchWriter:
         self.count += 1
         n = self.count
         self.sizes.append(len(self.bodies))
-        if self.paths is not None:
+        if self.segments is not None:
             data = b'{"rows":' + _encode_payload(self.rows) + b',"items":[' + b",".join(self.bodies) + b"]}"
-            if self._threads:
-                self._slots.acquire()
-                self._writes.append(self._pool.submit(self._write, self.paths.batch(n), data))
-            else:
-                self.ctx.state_store.write(RUNS, self.paths.batch(n), data)
+            self.segments.add(n, data)
             self._change_parts.append(_change_block(n, self.rows))
         self.bodies, self.rows, self.size = [], [], 0
 
-    def _write(self, name: str, data: bytes) -> None:
-        try:
-            self.ctx.state_store.write(RUNS, name, data)
-        finally:
-            self._slots.release()
-
     def close(self) -> None:
-        """Wait for every batch file to be written; raises the first write error."""
-        self._pool.shutdown(wait=True)
-        for fut in self._writes:
-            fut.result()
-        self._writes.clear()
+        """Write the last segment and the batch index; raises the first write error."""
+        if self.segments is not None:
+            self.layout = self.segments.close()
 
     def changes(self) -> bytes:
         """changes.bin: one block per batch (see _change_block)."""
@@ -201,8 +181,9 @@ def plan(
     guard = mapping_guard(export, counts, rejected)
     if guard is not None:
         # Nothing of this run may reach Omnisend: the planned contacts become "failed" rows and their payloads go.
-        rejected.extend(_unsend(ctx, paths, writer.count, guard["reason"]))
-        writer.sizes, writer._change_parts, counts.batches = [], [], 0
+        assert writer.segments is not None
+        rejected.extend(_unsend(writer.segments, guard["reason"]))
+        writer.sizes, writer._change_parts, counts.batches, writer.layout = [], [], 0, None
         planned.keep_state(state)
         log.warning("plan export=%s runId=%s %s", export.name, run_id, guard["message"])
     ctx.state_store.write(RUNS, paths.changes, writer.changes())
@@ -221,6 +202,8 @@ def plan(
         "toSend": counts.to_send,
         "batches": counts.batches,
         "batchSizes": writer.sizes,
+        # Where the batches are (shared/batch_store.py): the layout this attempt wrote, pinned by this manifest.
+        "batchFiles": writer.layout,
         "leavers": counts.leavers,
         "previousMembers": counts.previous_members,
         "droppedFields": dict(counts.dropped_fields),
@@ -359,14 +342,13 @@ def mapping_guard(export: ExportDefinition, counts: PlanCounts, rejected: list[d
             "maxRejectedFraction": export.max_rejected_fraction, "notSent": counts.to_send, "topReasons": top}
 
 
-def _unsend(ctx: Context, paths: RunPaths, batches: int, reason: str) -> list[dict[str, Any]]:
-    """The rows of the batches already written, as "failed" rows with ``reason``; the batch files are deleted."""
+def _unsend(segments: SegmentWriter, reason: str) -> list[dict[str, Any]]:
+    """The rows of the batches already written, as "failed" rows with ``reason``; the segment files are deleted."""
     rows: list[dict[str, Any]] = []
-    for n in range(1, batches + 1):
-        batch = json.loads(ctx.state_store.read(RUNS, paths.batch(n)))
+    for data in segments.batches():
         rows += [{"bucket": "failed", "file": f, "line": line, "email": email, "reason": reason}
-                 for f, line, email, _ in batch["rows"]]
-        ctx.state_store.delete(RUNS, paths.batch(n))
+                 for f, line, email, _ in json.loads(data)["rows"]]
+    segments.delete()
     return rows
 
 

@@ -24,12 +24,12 @@ POST.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from shared.batch_store import read_batch
 from shared.budget import BudgetBusy
 from shared.omnisend.errors import BatchRejected
 from shared.pipeline.context import RUNS, Context, _now_iso, log
@@ -64,7 +64,7 @@ class TakeoverNeedsSlots(BudgetBusy):
 
 
 def _load_batch(ctx: Context, paths: RunPaths, n: int) -> dict[str, Any]:
-    return json.loads(ctx.state_store.read(RUNS, paths.batch(n)))
+    return read_batch(ctx.state_store, paths, n)  # one ranged read of its segment (shared/batch_store.py)
 
 
 def _attempts(ctx: Context, paths: RunPaths, n: int) -> int:

@@ -22,6 +22,7 @@ from devtools import sample_data
 from devtools.omnisend_sim import SimConfig, Simulator
 from shared import names
 from shared.app import build_orchestrator
+from shared.batch_store import locate
 from shared.leases import FINALISE_LEASE_SECONDS
 from shared.orchestrator import HOST_MAX_DEQUEUE_COUNT
 from shared.queues import StageMessage, StageQueues
@@ -215,11 +216,15 @@ def test_every_message_delivered_twice_still_submits_each_batch_once(tmp_path, o
 
 def test_a_batch_that_always_fails_goes_to_poison_and_the_run_ends_partial(flow):
     run_id = json.loads(flow.start().get_body())["runId"]
-    # Plan, then corrupt batch 3's file so that every delivery of its send message raises.
+    # Plan, then corrupt batch 3 so that every delivery of its send message raises.
     orchestrator = function_app._orchestrator
     orchestrator.on_plan(StageMessage(flow.export, run_id))
     flow.host.queue_client(names.PLAN_QUEUE).clear_messages()
-    orchestrator.ctx.state_store.write(names.RUNS_CONTAINER, RunPaths(flow.export, run_id).batch(3), b"{broken")
+    store = orchestrator.ctx.state_store
+    where = locate(store, RunPaths(flow.export, run_id), 3)
+    segment = bytearray(store.read(names.RUNS_CONTAINER, where.name))
+    segment[where.offset : where.offset + where.length] = b"{broken".ljust(where.length)
+    store.write(names.RUNS_CONTAINER, where.name, bytes(segment))  # batch 3's bytes in its segment no longer parse
     result = flow.run_to_end()
     report = flow.status(run_id)["report"]
     assert "export-send-poison" in {inv.queue for inv in result.invocations}

@@ -30,7 +30,11 @@ def matches(blob_path: str) -> bool:
 RUN = RunPaths("vip-customers", "r-6899bf8f0101")
 
 
-@pytest.mark.parametrize("blob", [RUN.started, RUN.manifest, RUN.batch(17), RUN.report, RUN.rejected, RUN.failure])
+SEGMENT = f"{RUN.root}/batches/0f3a9c1e2b4d5a6c/00001.seg"  # shared/batch_store.py
+
+
+@pytest.mark.parametrize("blob", [RUN.started, RUN.manifest, RUN.batch(17), SEGMENT, RUN.report, RUN.rejected,
+                                  RUN.failure])
 def test_every_run_artifact_expires(blob):
     assert matches(f"{names.RUNS_CONTAINER}/{blob}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from shared import names
+from shared.batch_store import read_batch
 from shared.errors import RetryLater
 from shared.pipeline import RunOptions, finalise, plan, send_batch, start_run, verify
 from shared.pipeline.send import SEND_CLAIM_SECONDS, claim_path
@@ -92,7 +93,7 @@ def test_an_expired_claim_whose_holder_posted_is_adopted_not_posted_again(tmp_pa
     ctx, definition, run_id, _ = planned(tmp_path, sim, rows=100)
     dead_holder_claim(ctx, run_id, 1, age_seconds=SEND_CLAIM_SECONDS + 1)
     # The holder POSTed the batch, then died before writing its marker.
-    batch = read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).batch(1))
+    batch = read_batch(ctx.state_store, RunPaths("vip", run_id), 1)
     holders_batch = ctx.client.create_batch(batch["items"])
     time.sleep(0.1)  # the batch finishes, so its items show whose contacts it holds
 
@@ -118,7 +119,7 @@ def test_an_expired_claim_whose_holder_never_posted_is_posted_once(tmp_path, sim
 def test_an_other_batch_of_the_same_size_is_not_adopted(tmp_path, sim):
     ctx, _, run_id, _ = planned(tmp_path, sim, rows=1_000)
     dead_holder_claim(ctx, run_id, 2)
-    batch1 = read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).batch(1))
+    batch1 = read_batch(ctx.state_store, RunPaths("vip", run_id), 1)
     other = ctx.client.create_batch(batch1["items"])  # 100 items too, but batch 1's contacts
     time.sleep(0.1)
 
@@ -133,7 +134,7 @@ def test_a_holders_batch_still_pending_cannot_be_told_apart_and_is_posted_again(
     ctx, definition, run_id, _ = planned(tmp_path, sim, rows=100)
     sim.configure(batch_delay=1.0)
     dead_holder_claim(ctx, run_id, 1)
-    batch = read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).batch(1))
+    batch = read_batch(ctx.state_store, RunPaths("vip", run_id), 1)
     ctx.client.create_batch(batch["items"])  # still pending: its items are not there to compare
 
     assert send_batch(ctx, "vip", run_id, 1) == "submitted"
@@ -185,7 +186,7 @@ def test_two_processes_sending_every_batch_at_the_same_moment_post_each_once(tmp
 def test_the_cli_resuming_after_a_crash_adopts_the_batch_its_dead_process_posted(tmp_path, sim):
     ctx, definition, run_id, _ = planned(tmp_path, sim)
     dead_holder_claim(ctx, run_id, 1, age_seconds=1)  # claimed a second ago by the process that crashed
-    batch = read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).batch(1))
+    batch = read_batch(ctx.state_store, RunPaths("vip", run_id), 1)
     ctx.client.create_batch(batch["items"])  # its POST went through; its marker was never written
     time.sleep(0.1)
 

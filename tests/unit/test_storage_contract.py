@@ -123,6 +123,34 @@ def test_missing_object_raises_not_found_naming_it(store, container):
         store.read(unique_name("never"), "absent.json")
 
 
+def test_read_range_returns_just_the_bytes_asked_for(store, container):
+    store.write(container, "runs/r1/batches/00001.seg", b"0123456789" * 1000)
+
+    assert store.read_range(container, "runs/r1/batches/00001.seg", 0, 4) == b"0123"
+    assert store.read_range(container, "runs/r1/batches/00001.seg", 9_995, 3) == b"567"
+
+
+def test_read_range_stops_at_the_end_of_the_object(store, container):
+    store.write(container, "seg.bin", b"abcdef")
+
+    assert store.read_range(container, "seg.bin", 4, 100) == b"ef"
+    assert store.read_range(container, "seg.bin", 6, 10) == b""
+    assert store.read_range(container, "seg.bin", 50, 10) == b""
+
+
+def test_read_range_of_a_missing_object_raises_not_found(store, container):
+    with pytest.raises(NotFound, match=r"absent\.seg"):
+        store.read_range(container, "absent.seg", 0, 10)
+
+
+@pytest.mark.parametrize(("offset", "length"), [(-1, 10), (0, 0), (5, -2)])
+def test_read_range_refuses_a_bad_range(store, container, offset, length):
+    store.write(container, "seg.bin", b"abcdef")
+
+    with pytest.raises(ValueError, match="bad byte range"):
+        store.read_range(container, "seg.bin", offset, length)
+
+
 def test_exists_follows_write_and_delete(store, container):
     assert store.exists(container, "x/y.json") is False
     store.write(container, "x/y.json", b"{}")
@@ -163,6 +191,7 @@ BAD_NAMES = {
 }
 OPERATIONS = {
     "read": lambda s, c, n: s.read(c, n),
+    "read_range": lambda s, c, n: s.read_range(c, n, 0, 1),
     "open": lambda s, c, n: s.open(c, n),
     "write": lambda s, c, n: s.write(c, n, b"x"),
     "create": lambda s, c, n: s.create(c, n, b"x"),
