@@ -29,6 +29,7 @@ SECOND_RUN = "2026/11/28/0205"
 ROWS = 600
 # Fields that say when and how fast, not what.
 TIMING = ("plannedAt", "planSeconds")
+LAYOUT = "batches/<layout>/"
 
 
 def _run_folder(root: Path, export_name: str, run_id: str) -> Path:
@@ -49,8 +50,15 @@ def _plan(root: Path, definition, fast: bool, api_version: str = "2026-03-15") -
         if p.is_file() and p.name not in ("manifest.json", "planned-keys.bin", "started.json")
     }
     keys, fps, _, dropped = rowloop.decode_planned((folder / "planned-keys.bin").read_bytes())
+    # Segment files live in a fresh random layout folder per planning attempt (shared/batch_store.py): compare the
+    # layout's contents, not its name.
+    layout = manifest.get("batchFiles", {}).get("folder")
+    manifest = {k: v for k, v in manifest.items() if k not in TIMING}
+    if layout:
+        manifest["batchFiles"] = {**manifest["batchFiles"], "folder": LAYOUT}
+        files = {name.replace(layout, LAYOUT, 1): data for name, data in files.items()}
     return {
-        "manifest": {k: v for k, v in manifest.items() if k not in TIMING},
+        "manifest": manifest,
         "files": files,
         "planned": sorted(zip(keys, fps, dropped, strict=True)),
     }
@@ -208,11 +216,16 @@ def _as_version_2(root: Path, tmp_path: Path) -> None:
     shutil.rmtree(scratch / RUNS_CONTAINER)
     planned = _plan(scratch, load_export(), fast=False)
     entries = []
+    batches = []
     for name, data in planned["files"].items():
-        if name.startswith("batches/"):
-            batch = json.loads(data)
-            for (_, _, email, _), item in zip(batch["rows"], batch["items"], strict=True):
-                entries.append((email, int.from_bytes(blake2b(orjson.dumps(item), digest_size=8).digest(), "big")))
+        if name.endswith(".seg"):  # batch documents back to back (shared/batch_store.py)
+            text, at = data.decode("utf-8"), 0
+            while at < len(text):
+                batch, at = json.JSONDecoder().raw_decode(text, at)
+                batches.append(batch)
+    for batch in batches:
+        for (_, _, email, _), item in zip(batch["rows"], batch["items"], strict=True):
+            entries.append((email, int.from_bytes(blake2b(orjson.dumps(item), digest_size=8).digest(), "big")))
     assert entries, f"no batch files among {sorted(planned['files'])}"
     entries.sort()
     body = struct.pack("<I", len(entries)) + b"".join(struct.pack("<Q", fp) for _, fp in entries)
