@@ -169,6 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--email-domain", required=True, metavar="DOMAIN", help="a domain you own, e.g. example.com")
     p.add_argument("--yes", action="store_true", help="really create the probe contacts")
     common(p)
+
+    from shared.cli_definitions import add_commands
+
+    add_commands(sub, common)
     return parser
 
 
@@ -482,6 +486,12 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_definitions(args: argparse.Namespace) -> int:
+    from shared.cli_definitions import run
+
+    return run(args, _settings(args), _out)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.names import STATE_CONTAINER
@@ -534,7 +544,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
                 "report": _cmd_report, "health": _cmd_health, "prune": _cmd_prune,
-                "forget": _cmd_forget, "probe": _cmd_probe}
+                "forget": _cmd_forget, "probe": _cmd_probe, "connections": _cmd_definitions,
+                "exports": _cmd_definitions}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
