@@ -56,7 +56,10 @@ class Refused(Exception):
 
 def _validate(text: str, source: str) -> None:
     """The file's own validation of the whole document (raises ConfigError listing every problem)."""
-    from shared.exports import load_definitions
+    try:  # TEMP until conn13 lands
+        from shared.exports import load_definitions
+    except ImportError:
+        from shared.exports import load_exports as load_definitions
 
     load_definitions(text, source)
 
@@ -81,7 +84,7 @@ class Management:
         self.settings = settings
         self.state_store = state_store
         self.document = document or docs.definitions_document(settings, state_store)
-        self.audit_log = AuditLog(state_store, clock)
+        self.audit_log = AuditLog(state_store, clock, self.document.key)
         self.on_change = on_change or (lambda: None)
         self.list_runs = list_runs
 

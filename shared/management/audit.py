@@ -1,4 +1,5 @@
-"""The audit log: one blob per change under ``_audit/`` in the state container (never expires with the runs).
+"""The audit log: one blob per change under ``_audit/<definitions document>/`` in the state container (which never
+expires with the runs): the history of that document (EXPORTS_CONFIG), e.g. ``_audit/exporter-config/exports.json/``.
 
 Each record is created with if-none-match under a unique name, so any number of instances append at once without
 a lock and without overwriting each other. Names sort newest first (an inverted millisecond timestamp), so reading
@@ -44,9 +45,10 @@ def without_secrets(value: Any) -> Any:
 
 
 class AuditLog:
-    def __init__(self, store: ObjectStore, clock: Callable[[], float]) -> None:
+    def __init__(self, store: ObjectStore, clock: Callable[[], float], document_key: str) -> None:
         self.store = store
         self.clock = clock
+        self.prefix = f"{AUDIT_PREFIX}{document_key}/"
 
     def append(
         self, who: dict[str, Any], action: str, kind: str, name: str, before: Any, after: Any, **extra: Any
@@ -65,7 +67,7 @@ class AuditLog:
             **extra,
         }
         data = json.dumps(record, ensure_ascii=False, indent=1).encode()
-        while not self.store.create(names.STATE_CONTAINER, f"{AUDIT_PREFIX}{record_id}.json", data):
+        while not self.store.create(names.STATE_CONTAINER, f"{self.prefix}{record_id}.json", data):
             record_id = f"{record_id[:13]}-{uuid.uuid4().hex[:12]}"  # a uuid collision: practically never
             record["id"] = record_id
             data = json.dumps(record, ensure_ascii=False, indent=1).encode()
@@ -76,8 +78,8 @@ class AuditLog:
         ``next``)."""
         records: list[dict[str, Any]] = []
         more = False
-        for obj in self.store.list(names.STATE_CONTAINER, AUDIT_PREFIX):
-            record_id = obj.name[len(AUDIT_PREFIX) :].removesuffix(".json")
+        for obj in self.store.list(names.STATE_CONTAINER, self.prefix):
+            record_id = obj.name[len(self.prefix) :].removesuffix(".json")
             if after is not None and record_id <= after:
                 continue
             if len(records) == limit:

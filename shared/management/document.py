@@ -24,6 +24,7 @@ from shared.storage import NotFound, ObjectStore, content_etag
 
 class Document(Protocol):
     source: str
+    key: str  # names the document's audit log (shared/management/audit.py)
 
     def read(self) -> tuple[bytes | None, str | None]:
         """(content, version), or (None, None) when there is no document yet."""
@@ -36,6 +37,7 @@ class BlobDocument:
     def __init__(self, store: ObjectStore, container: str, name: str) -> None:
         self.store, self.container, self.name = store, container, name
         self.source = store.describe(container, name)
+        self.key = f"{container}/{name}"
 
     def read(self) -> tuple[bytes | None, str | None]:
         try:
@@ -53,6 +55,7 @@ class FileDocument:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.source = str(path)
+        self.key = f"file/{path.name}"
 
     def read(self) -> tuple[bytes | None, str | None]:
         try:

@@ -1,0 +1,416 @@
+"""The management API through function_app.py's own function bodies, on Azurite: connections and exports read,
+saved and deleted over HTTP, validation of the whole document, ETag/If-Match, who may do what, the audit log.
+
+The caller's roles arrive as App Service Authentication would send them (X-MS-CLIENT-PRINCIPAL, built by
+shared.management.access.encode_principal); what Entra ID itself does (tokens, app roles) is not here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import azure.functions as func
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+import function_app
+from devtools import sample_data
+from shared import names
+from shared.app import build_orchestrator
+from shared.management.access import ADMIN, OPERATOR, READER, encode_principal
+from shared.queues import StageQueues
+from shared.secrets import StaticKeyProvider
+from shared.settings import Settings
+from tests.azure.concurrent_host import PrefixedQueues
+
+pytestmark = pytest.mark.azurite
+
+KEY = "management-test-key"
+ROUTES = {  # (method, route template) -> the app's function; checked against the bindings below
+    ("GET", "connections"): function_app.list_connections,
+    ("GET", "connections/{name}"): function_app.manage_connection,
+    ("PUT", "connections/{name}"): function_app.manage_connection,
+    ("DELETE", "connections/{name}"): function_app.manage_connection,
+    ("GET", "exports"): function_app.list_exports,
+    ("GET", "exports/{name}"): function_app.manage_export,
+    ("PUT", "exports/{name}"): function_app.manage_export,
+    ("DELETE", "exports/{name}"): function_app.manage_export,
+    ("POST", "exports/{name}/runs"): function_app.start_export_run,
+    ("GET", "exports/{name}/runs/{runId}"): function_app.get_export_run,
+    ("GET", "audit"): function_app.read_audit,
+    ("POST", "forget"): function_app.forget_people,
+}
+
+
+def export_body(name: str, source_container: str, **extra) -> dict:
+    return {"name": name, "source": {"container": source_container, "path": sample_data.EXPORT_PATH,
+                                     "table": sample_data.TABLE},
+            "mapping": {"email": "EMail"}, "tags": ["ci-vip"], **extra}
+
+
+def connection_body(name: str, **extra) -> dict:
+    return {"name": name, "displayName": f"Store {name}", "apiKeySecret": f"omnisend-{name}-key",
+            "dataTransferAcknowledged": True, **extra}
+
+
+class Api:
+    """One deployment of the app (its own definitions blob, queues, source container) called as a given role."""
+
+    def __init__(self, azurite: str, queue_prefix: str, tmp_path: Path, document: dict | None, **settings) -> None:
+        self.id = uuid.uuid4().hex[:10]
+        self.blobs = BlobServiceClient.from_connection_string(azurite)
+        self.config_blob = f"mgmt-{self.id}.json"
+        self.source_container = f"ci{self.id}"
+        config = self.blobs.get_container_client(names.CONFIG_CONTAINER)
+        if not config.exists():
+            try:
+                config.create_container()
+            except Exception:  # another test created it first
+                pass
+        if document is not None:
+            self.write_document(document)
+        self.settings = Settings(storage_connection_string=azurite, omnisend_api_key=KEY,
+                                 exports_config=f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{self.config_blob}",
+                                 **{"auth_enabled": True, **settings})
+        self.queue_prefix = queue_prefix + "-"
+        stage_queues = StageQueues.from_connection_string(azurite)
+        stage_queues.ensure_queues([self.queue_prefix + q for q in names.STAGE_QUEUES])
+        self.queue_service = stage_queues
+        function_app._orchestrator = build_orchestrator(
+            self.settings, queues=PrefixedQueues(stage_queues, self.queue_prefix),
+            key_provider=StaticKeyProvider(KEY))
+        self.tmp_path = tmp_path
+
+    def write_document(self, document: dict) -> None:
+        self.blobs.get_blob_client(names.CONFIG_CONTAINER, self.config_blob).upload_blob(
+            json.dumps(document, indent=2), overwrite=True)
+
+    def document(self) -> bytes:
+        return self.blobs.get_blob_client(names.CONFIG_CONTAINER, self.config_blob).download_blob().readall()
+
+    def upload_segment(self, rows: int = 20) -> None:
+        local = self.tmp_path / uuid.uuid4().hex
+        sample_data.write_export(local, rows, messy=False)
+        container = self.blobs.get_container_client(self.source_container)
+        if not container.exists():
+            container.create_container()
+        base = local / sample_data.CONTAINER
+        for path in base.rglob("*"):
+            if path.is_file():
+                container.upload_blob(path.relative_to(base).as_posix(), path.read_bytes(), overwrite=True)
+
+    def plan_messages(self) -> int:
+        from azure.storage.queue import QueueClient
+
+        client = QueueClient.from_connection_string(self.settings.storage_connection_string,
+                                                    self.queue_prefix + names.PLAN_QUEUE)
+        return client.get_queue_properties().approximate_message_count
+
+    def runs(self, export: str) -> list[str]:
+        return [b.name for b in self.blobs.get_container_client(names.RUNS_CONTAINER)
+                .list_blobs(name_starts_with=f"{export}/")] if self.blobs.get_container_client(
+                    names.RUNS_CONTAINER).exists() else []
+
+    def call(self, method: str, path: str, *, role: str | None | tuple = ADMIN, body=None,
+             headers: dict | None = None, params: dict | None = None) -> func.HttpResponse:
+        """``role``: the signed-in caller's app role(s); None for a request with the function key only."""
+        route, route_params = _match(method, path)
+        all_headers = dict(headers or {})
+        if role is not None:
+            roles = (role,) if isinstance(role, str) else role
+            all_headers["X-MS-CLIENT-PRINCIPAL"] = encode_principal(f"{'-'.join(roles) or 'nobody'}@example.com",
+                                                                    roles)
+        data = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
+        request = func.HttpRequest(method, f"http://localhost/api/{path}", headers=all_headers, params=params or {},
+                                   route_params=route_params, body=data)
+        return ROUTES[(method, route)]._function.get_user_function()(request)
+
+    def cleanup(self) -> None:
+        self.blobs.get_blob_client(names.CONFIG_CONTAINER, self.config_blob).delete_blob()
+        state = self.blobs.get_container_client(names.STATE_CONTAINER)
+        for blob in state.list_blobs(name_starts_with=f"_audit/{names.CONFIG_CONTAINER}/{self.config_blob}/"):
+            state.delete_blob(blob.name)
+        source = self.blobs.get_container_client(self.source_container)
+        if source.exists():
+            source.delete_container()
+
+
+def _match(method: str, path: str) -> tuple[str, dict[str, str]]:
+    parts = path.split("/")
+    for m, route in ROUTES:
+        template = route.split("/")
+        if m == method and len(template) == len(parts) and all(
+                t.startswith("{") or t == p for t, p in zip(template, parts, strict=True)):
+            return route, {t[1:-1]: p for t, p in zip(template, parts, strict=True) if t.startswith("{")}
+    raise AssertionError(f"no route for {method} {path}")
+
+
+def answer(response: func.HttpResponse) -> dict:
+    return json.loads(response.get_body())
+
+
+def two_brands(source_container: str) -> dict:
+    """Two connections: eu-store lets operators use it (without forcing), us-store is for admins only."""
+    return {"connections": [connection_body("eu-store", allowedRoles=[OPERATOR]), connection_body("us-store")],
+            "exports": [export_body("vip-eu", source_container, connection="eu-store"),
+                        export_body("vip-us", source_container, connection="us-store")]}
+
+
+@pytest.fixture
+def make_api(azurite, queue_prefix, tmp_path):
+    made: list[Api] = []
+
+    def make(document: dict | None = None, **settings) -> Api:
+        api = Api(azurite, queue_prefix, tmp_path, document, **settings)
+        made.append(api)
+        return api
+
+    yield make
+    for api in made:
+        api.cleanup()
+
+
+def test_the_routes_called_here_are_the_app_routes():
+    for (method, route), target in ROUTES.items():
+        trigger = target._function.get_trigger()
+        assert trigger.route == route and method in [str(m).split(".")[-1] for m in trigger.methods], (method, route)
+
+
+# ------------------------------------------------------------------------------------------------ saving exports
+
+
+def test_a_saved_export_gets_an_etag_and_is_not_run(make_api):
+    api = make_api({"exports": []})
+    api.upload_segment()
+
+    response = api.call("PUT", "exports/vip", body=export_body("vip", api.source_container,
+                                                                  dataTransferAcknowledged=True))
+
+    assert response.status_code == 201
+    etag = response.headers["ETag"]
+    fetched = api.call("GET", "exports/vip", role=READER)
+    assert fetched.status_code == 200 and fetched.headers["ETag"] == etag
+    assert answer(fetched)["source"]["container"] == api.source_container
+    assert [e["name"] for e in json.loads(api.document())["exports"]] == ["vip"]
+    assert api.plan_messages() == 0 and api.runs("vip") == []  # saving never starts a run
+
+    started = api.call("POST", "exports/vip/runs")  # it runs on demand (or on the timer)
+    assert started.status_code == 202 and api.plan_messages() == 1
+
+
+def test_an_invalid_export_gets_every_problem_at_once_and_changes_nothing(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+    before = api.document()
+    bad = {"source": {"container": "ciexports", "path": "p", "table": "T"}, "mapping": {"firstName": "First"},
+           "tags": ["not a tag!"], "onExit": "explode", "colour": "blue"}
+
+    response = api.call("PUT", "exports/new-one", body=bad)
+
+    assert response.status_code == 400
+    problems = answer(response)["problems"]
+    assert len(problems) >= 4, problems
+    for word in ("email", "tag", "onExit", "colour"):
+        assert any(word in p for p in problems), (word, problems)
+    assert api.document() == before
+    assert answer(api.call("GET", "audit"))["records"] == []
+
+
+def test_changing_an_export_without_if_match_is_428_and_changes_nothing(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+    before = api.document()
+
+    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["changed"]))
+
+    assert response.status_code == 428 and "If-Match" in answer(response)["error"]
+    assert api.document() == before
+
+
+def test_a_stale_if_match_is_412_and_changes_nothing(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+    stale = api.call("GET", "exports/vip").headers["ETag"]
+    assert api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["first-change"]),
+                    headers={"If-Match": stale}).status_code == 200
+    after_first = api.document()
+
+    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["second-change"]),
+                        headers={"If-Match": stale})
+
+    assert response.status_code == 412
+    assert api.document() == after_first
+    assert json.loads(after_first)["exports"][0]["tags"] == ["first-change"]
+
+
+def test_creating_with_if_none_match_star_is_412_when_the_export_exists(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+
+    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports"), headers={"If-None-Match": "*"})
+
+    assert response.status_code == 412
+
+
+def test_a_change_to_another_export_does_not_make_an_etag_stale(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports"), export_body("churn", "ciexports")]})
+    etag = api.call("GET", "exports/vip").headers["ETag"]
+    churn = api.call("GET", "exports/churn").headers["ETag"]
+    assert api.call("PUT", "exports/churn", body=export_body("churn", "ciexports", enabled=False),
+                    headers={"If-Match": churn}).status_code == 200
+
+    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["ok"]),
+                        headers={"If-Match": etag})
+
+    assert response.status_code == 200
+
+
+def test_the_url_and_body_must_name_the_same_export(make_api):
+    api = make_api({"exports": []})
+
+    response = api.call("PUT", "exports/vip", body=export_body("other", "ciexports"))
+
+    assert response.status_code == 400 and "must agree" in answer(response)["error"]
+
+
+def test_deleting_an_export_keeps_its_runs_and_state(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+    runs = api.blobs.get_container_client(names.RUNS_CONTAINER)
+    run_blob = f"vip-{api.id}/runs/r-000000000000/report.json"
+    api.write_document({"exports": [export_body(f"vip-{api.id}", "ciexports"), export_body("churn", "ciexports")]})
+    if not runs.exists():
+        runs.create_container()
+    runs.upload_blob(run_blob, b"{}", overwrite=True)
+    etag = api.call("GET", f"exports/vip-{api.id}").headers["ETag"]
+
+    response = api.call("DELETE", f"exports/vip-{api.id}", headers={"If-Match": etag})
+
+    assert response.status_code == 200
+    assert [e["name"] for e in json.loads(api.document())["exports"]] == ["churn"]
+    assert runs.get_blob_client(run_blob).exists()
+    runs.delete_blob(run_blob)
+
+
+def test_deleting_an_export_with_purge_state_removes_its_runs_and_state(make_api):
+    api = make_api(None)
+    export = f"vip-{api.id}"
+    api.write_document({"exports": [export_body(export, "ciexports"), export_body("churn", "ciexports")]})
+    blobs = {names.RUNS_CONTAINER: f"{export}/runs/r-000000000000/report.json",
+             names.STATE_CONTAINER: f"{export}/state/members.bin"}
+    for container, blob in blobs.items():
+        client = api.blobs.get_container_client(container)
+        if not client.exists():
+            client.create_container()
+        client.upload_blob(blob, b"{}", overwrite=True)
+    etag = api.call("GET", f"exports/{export}").headers["ETag"]
+
+    response = api.call("DELETE", f"exports/{export}", headers={"If-Match": etag}, params={"purgeState": "true"})
+
+    assert response.status_code == 200 and answer(response)["purgedObjects"] == 2
+    for container, blob in blobs.items():
+        assert not api.blobs.get_blob_client(container, blob).exists()
+
+
+def test_the_last_export_cannot_be_deleted_as_the_file_needs_one(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+    etag = api.call("GET", "exports/vip").headers["ETag"]
+
+    response = api.call("DELETE", "exports/vip", headers={"If-Match": etag})
+
+    assert response.status_code == 400 and any("at least one export" in p for p in answer(response)["problems"])
+    assert [e["name"] for e in json.loads(api.document())["exports"]] == ["vip"]
+
+
+def test_deleting_an_export_without_if_match_is_428(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+
+    assert api.call("DELETE", "exports/vip").status_code == 428
+    assert [e["name"] for e in json.loads(api.document())["exports"]] == ["vip"]
+
+
+# ------------------------------------------------------------------------------------------------ connections
+
+
+def test_a_connection_used_by_exports_cannot_be_deleted(make_api):
+    api = make_api(two_brands("ciexports"))
+    etag = api.call("GET", "connections/eu-store").headers["ETag"]
+
+    response = api.call("DELETE", "connections/eu-store", headers={"If-Match": etag})
+
+    assert response.status_code == 409 and answer(response)["exports"] == ["vip-eu"]
+    assert "vip-eu" in answer(response)["error"]
+
+
+def test_an_unused_connection_is_deleted(make_api):
+    document = two_brands("ciexports")
+    document["connections"].append(connection_body("spare"))
+    api = make_api(document)
+    etag = api.call("GET", "connections/spare").headers["ETag"]
+
+    response = api.call("DELETE", "connections/spare", headers={"If-Match": etag})
+
+    assert response.status_code == 200
+    assert [c["name"] for c in json.loads(api.document())["connections"]] == ["eu-store", "us-store"]
+
+
+@pytest.mark.parametrize("field", ["apiKey", "key", "omnisendApiKey", "apiToken"])
+def test_a_key_is_never_accepted_in_a_body(make_api, field):
+    api = make_api(two_brands("ciexports"))
+    before = api.document()
+
+    response = api.call("PUT", "connections/new-store", body={**connection_body("new-store"), field: "s3cr3t-key"})
+
+    assert response.status_code == 400 and field in answer(response)["error"]
+    assert "s3cr3t-key" not in response.get_body().decode()
+    assert api.document() == before
+
+
+def test_nobody_reads_a_key(make_api):
+    api = make_api(two_brands("ciexports"))
+
+    bodies = [api.call("GET", "connections", role=role).get_body().decode() for role in (ADMIN, OPERATOR, READER)]
+    bodies.append(api.call("GET", "connections/eu-store").get_body().decode())
+
+    for text in bodies:
+        assert KEY not in text and '"apiKey"' not in text
+    assert answer(api.call("GET", "connections/eu-store"))["apiKeySecret"] == "omnisend-eu-store-key"
+
+
+def test_a_new_connection_is_saved(make_api):
+    api = make_api(two_brands("ciexports"))
+
+    response = api.call("PUT", "connections/third", body=connection_body("third", requestsPerMinute=100))
+
+    assert response.status_code == 201 and response.headers["ETag"]
+    assert [c["name"] for c in json.loads(api.document())["connections"]] == ["eu-store", "us-store", "third"]
+
+
+def test_an_invalid_connection_gets_every_problem_at_once_and_changes_nothing(make_api):
+    api = make_api(two_brands("ciexports"))
+    before = api.document()
+
+    response = api.call("PUT", "connections/third", body={"name": "third", "requestsPerMinute": 5000,
+                                                          "allowedRoles": ["Exports.Everyone"]})
+
+    assert response.status_code == 400
+    problems = answer(response)["problems"]
+    assert len(problems) >= 3, problems  # no displayName, no key source, rate out of range, unknown role
+    assert api.document() == before
+
+
+# ------------------------------------------------------------------------------------------------ a single-brand file
+
+
+def test_an_old_single_brand_file_keeps_working_unchanged(make_api):
+    old = {"exports": [export_body("vip", "ciexports", dataTransferAcknowledged=True)]}
+    api = make_api(old)
+
+    connections = answer(api.call("GET", "connections", role=READER))["connections"]
+    etag = api.call("GET", "exports/vip").headers["ETag"]
+    saved = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", dataTransferAcknowledged=True,
+                                                             tags=["ci-vip", "more"]), headers={"If-Match": etag})
+
+    assert [(c["name"], c["implicit"]) for c in connections] == [("default", True)]
+    assert saved.status_code == 200
+    document = json.loads(api.document())
+    assert list(document) == ["exports"]  # no connections list was added
+    assert document["exports"][0]["tags"] == ["ci-vip", "more"]
+    assert [e.name for e in function_app.orchestrator().load_exports()] == ["vip"]
