@@ -99,16 +99,16 @@ def _check_export(export: ExportDefinition, source_store, snapshots: bool) -> tu
 
     where = f'export "{export.name}"'
     entry: dict[str, Any] = {"name": export.name, "enabled": export.enabled,
-                             "dataTransferAcknowledged": export.data_transfer_acknowledged}
+                             "dataTransferAcknowledged": export.transfer_acknowledged, "connection": export.connection}
     problems: list[Problem] = []
     if not export.enabled:
         entry["checked"] = False
         return entry, problems
-    if export.data_transfer_acknowledged is not True:
+    if not export.transfer_acknowledged:
         problems.append(Problem(
             "exports", where,
             'data transfer not acknowledged: the export will not run until "dataTransferAcknowledged": true is set '
-            "(after the data-privacy review)",
+            "on its connection or on the export (after the data-privacy review)",
             EXIT_CONFIG,
         ))
     if not snapshots:

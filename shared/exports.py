@@ -1,23 +1,33 @@
 """Export definitions: which segment goes where, how columns map to Omnisend fields, and the policies.
 
-Contract: ARCHITECTURE §3. Loaded from a JSON file ({"exports": [...]}) and validated as a whole: every problem
-is reported at once, with where it is. Unknown keys are errors, not ignored.
+Contract: ARCHITECTURE §3. Loaded from a JSON file ({"connections": [...], "exports": [...]}) and validated as a
+whole: every problem is reported at once, with where it is. Unknown keys are errors, not ignored. Connections (which
+Omnisend brand an export goes to) are checked by shared/connections.py, driven from the one validator here.
 
 Format, defaults and rules for users: docs/exports.md.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from shared.connections import (
+    DEFAULT_CONNECTION,
+    IMPLICIT_DEFAULT,
+    Connection,
+    ConnectionRules,
+    Definitions,
+    find_connection,
+)
 from shared.errors import ConfigError, FailRun
 from shared.storage import BadName, check_name
+from shared.suggest import closest, did_you_mean
+from shared.suggest import type_name as _type_name
 
 ChannelStatus = Literal["subscribed", "unsubscribed", "nonSubscribed"]
 OnExit = Literal["untag", "ignore"]
@@ -58,7 +68,7 @@ DEFAULT_MAX_EXIT_FRACTION = 0.2
 # unusable almost always means a wrong column mapping or a broken snapshot, not dirty data.
 DEFAULT_MAX_REJECTED_FRACTION = 0.5
 
-TOP_KEYS = ("exports",)
+TOP_KEYS = ("connections", "exports")
 EXPORT_KEYS = (
     "name",
     "source",
@@ -73,6 +83,7 @@ EXPORT_KEYS = (
     "maxRejectedFraction",
     "consent",
     "tagsVia",
+    "connection",
 )
 # How the export's tags reach Omnisend: in each contact upsert (one request per batch; relies on upsert tags being
 # merged, which Omnisend does not document: the probe checks it), or with POST /contacts/tags after the batches are
@@ -123,6 +134,16 @@ class ExportDefinition:
     consent: ConsentMapping | None = None
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
     tags_via: str = "upsert"
+    connection: str = DEFAULT_CONNECTION  # the Omnisend brand it goes to (shared/connections.py)
+    # The connection's "dataTransferAcknowledged", copied in when the file is loaded so that whoever holds only the
+    # export can tell whether it may run: the acknowledgement is given once per connection, or per export (older
+    # files).
+    connection_acknowledged: bool = False
+
+    @property
+    def transfer_acknowledged(self) -> bool:
+        """Whether sending this export's personal data to Omnisend was acknowledged (by its connection or itself)."""
+        return self.data_transfer_acknowledged or self.connection_acknowledged
 
 
 class ExportNotRunnable(FailRun):
@@ -142,6 +163,12 @@ class ExportNotRunnable(FailRun):
 
 def load_exports(text: str, source: str) -> list[ExportDefinition]:
     """Parse and validate an export-definition file; raise one ConfigError listing every problem."""
+    return load_definitions(text, source).exports
+
+
+def load_definitions(text: str, source: str) -> Definitions:
+    """Parse and validate a whole definitions document (connections and exports); one ConfigError for every
+    problem. A document without "connections" gets the implicit "default" connection (the app settings' key)."""
     try:
         data = json.loads(text, object_pairs_hook=_JsonObject.from_pairs)
     except json.JSONDecodeError as exc:
@@ -150,14 +177,19 @@ def load_exports(text: str, source: str) -> list[ExportDefinition]:
         raise ConfigError("JSON nested too deeply to read (an export definition is a few levels deep: "
                           "check the brackets)", source=source) from None
     v = _Validator()
-    exports = v.document(data)
+    definitions = v.document(data)
     if v.problems:
         raise ConfigError(v.problems, source=source)
-    return exports
+    return definitions
 
 
 def load_exports_file(path: str | Path) -> list[ExportDefinition]:
     """Read a local export-definition file (UTF-8, a BOM is tolerated) and validate it."""
+    return load_definitions_file(path).exports
+
+
+def read_definitions_text(path: str | Path) -> str:
+    """The text of a local definitions file (UTF-8, a BOM is tolerated), or a ConfigError saying why not."""
     where = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -175,7 +207,12 @@ def load_exports_file(path: str | Path) -> list[ExportDefinition]:
         raise ConfigError(f"byte {exc.start}: not UTF-8 text; save the file as UTF-8", source=where) from None
     except OSError as exc:
         raise ConfigError(f"cannot read {where}: {exc.strerror or exc}", source=where) from None
-    return load_exports(text, source=where)
+    return text
+
+
+def load_definitions_file(path: str | Path) -> Definitions:
+    """Read and validate a local definitions file."""
+    return load_definitions(read_definitions_text(path), source=str(path))
 
 
 def find_export(exports: Sequence[ExportDefinition], name: str) -> ExportDefinition:
@@ -195,15 +232,36 @@ def ensure_runnable(export: ExportDefinition) -> None:
     reasons = []
     if not export.enabled:
         reasons.append('it is disabled; set "enabled": true to run it')
-    if export.data_transfer_acknowledged is not True:
+    if not export.transfer_acknowledged:
         reasons.append(
             "data transfer not acknowledged: as with Microsoft's Omnisend connector, running it sends personal data "
             "out of the Customer Insights boundary to Omnisend; after the data-privacy review, set "
-            '"dataTransferAcknowledged": true'
+            '"dataTransferAcknowledged": true on its connection (or on the export)'
         )
     if reasons:
         raise ExportNotRunnable(export.name, reasons)
 
+
+# Re-exported: callers import definitions from here (contract of the definitions document).
+__all__ = [
+    "DEFAULT_CONNECTION",
+    "IMPLICIT_DEFAULT",
+    "Connection",
+    "ConsentMapping",
+    "Definitions",
+    "ExportDefinition",
+    "ExportNotRunnable",
+    "Source",
+    "closest",
+    "did_you_mean",
+    "ensure_runnable",
+    "find_connection",
+    "find_export",
+    "load_definitions",
+    "load_definitions_file",
+    "load_exports",
+    "load_exports_file",
+]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Validation
@@ -223,33 +281,6 @@ class _JsonObject(dict):
         return obj
 
 
-def closest(word: str, choices: Iterable[str]) -> str | None:
-    """The choice most like ``word`` (ignoring case), or None when nothing is close."""
-    by_lower = {c.lower(): c for c in choices}
-    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
-    return by_lower[close[0]] if close else None
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """'; did you mean "X"?' for the closest of ``choices``, or "" when nothing is close."""
-    near = closest(word, choices)
-    return f'; did you mean "{near}"?' if near else ""
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "a list"
-    return "an object"
-
-
 def _at(where: str, key: str) -> str:
     """Path of ``key`` inside the object at ``where`` ("" is the top level)."""
     return f"{where}.{key}" if where else key
@@ -266,13 +297,17 @@ class _Validator:
 
     # -- generic helpers --
 
-    def obj(self, value: Any, where: str, allowed: Sequence[str], what: str = "field") -> dict | None:
-        """Check ``value`` is an object whose keys are all in ``allowed``; report unknown and repeated keys."""
+    def obj(self, value: Any, where: str, allowed: Sequence[str], what: str = "field",
+            refused: Mapping[str, str] | None = None) -> dict | None:
+        """Check ``value`` is an object whose keys are all in ``allowed``; report unknown and repeated keys.
+        ``refused`` gives keys that are not allowed a message of their own (what to do instead)."""
         if not isinstance(value, dict):
             self.problem(where, f"expected an object, got {_type_name(value)}")
             return None
         for key in value:
-            if key not in allowed:
+            if refused and key in refused:
+                self.problem(_at(where, key), refused[key])
+            elif key not in allowed:
                 hint = did_you_mean(key, allowed)
                 self.problem(_at(where, key), f"unknown {what}{hint} (use one of: {', '.join(allowed)})")
         for key in getattr(value, "duplicates", ()):
@@ -309,10 +344,16 @@ class _Validator:
 
     # -- document structure --
 
-    def document(self, data: Any) -> list[ExportDefinition]:
+    def document(self, data: Any) -> Definitions:
+        rules = ConnectionRules(self, EXPORT_NAME_RE)
+        self.rules = rules
         top = self.obj(data, "", TOP_KEYS, what="key")
         if top is None:
-            return []
+            return Definitions(connections=rules.connections, exports=[])
+        rules.section(top)
+        return Definitions(connections=rules.connections, exports=self.exports(top))
+
+    def exports(self, top: dict) -> list[ExportDefinition]:
         if "exports" not in top:
             self.problem("(top level)", '"exports" is required: {"exports": [ ... ]}')
             return []
@@ -367,8 +408,10 @@ class _Validator:
         )
         consent = self.consent(obj["consent"], f"{where}.consent") if "consent" in obj else None
         tags_via = self.choice(obj, "tagsVia", where, TAGS_VIA, "upsert")
-        if len(self.problems) > before or name is None or source is None or mapping is None:
+        connection = self.rules.export_connection(obj, where)
+        if len(self.problems) > before or name is None or source is None or mapping is None or connection is None:
             return None
+        owner = self.rules.connections.get(connection)
         return ExportDefinition(
             name=name,
             source=source,
@@ -384,6 +427,8 @@ class _Validator:
             consent=consent,
             max_rejected_fraction=rejected_fraction,
             tags_via=tags_via,
+            connection=connection,
+            connection_acknowledged=owner.data_transfer_acknowledged if owner else False,
         )
 
     def source(self, value: Any, where: str) -> Source | None:

@@ -137,7 +137,7 @@ def check_exports(load: Callable[[], list[ExportDefinition]]) -> tuple[Check, li
         exports = load()
     except Exception as exc:
         return Check("exports", False, one_line(exc)), []
-    runnable = [e.name for e in exports if e.enabled and e.data_transfer_acknowledged]
+    runnable = [e.name for e in exports if e.enabled and e.transfer_acknowledged]
     reason = f"{len(exports)} export(s), {len(runnable)} enabled and acknowledged"
     if runnable:
         reason += ": " + ", ".join(runnable)
@@ -289,7 +289,7 @@ def timer_fired(store: ObjectStore, exports: Iterable[ExportDefinition], started
     """Called by the timer trigger after each fire: record it for the health check and emit TimerFired (the
     staleness alert's list of enabled exports)."""
     now = clock()
-    enabled = [e.name for e in exports if e.enabled and e.data_transfer_acknowledged]
+    enabled = [e.name for e in exports if e.enabled and e.transfer_acknowledged]
     record = {"firedAt": _iso(now), "firedAtEpoch": now, "enabledExports": enabled, "started": len(started)}
     store.write(TIMER_CONTAINER, blob, json.dumps(record).encode("utf-8"))
     events.timer_fired(enabled, started)

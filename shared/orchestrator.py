@@ -172,7 +172,7 @@ class Orchestrator:
         stopped, lost its plan message or its finaliser died. Duplicate fires find the run their twin started."""
         started = []
         for export in self.load_exports():
-            if not (export.enabled and export.data_transfer_acknowledged):
+            if not (export.enabled and export.transfer_acknowledged):
                 continue
             try:
                 run = pipeline.start_run(self.ctx, export, pipeline.RunOptions(trigger="timer"))
@@ -552,6 +552,6 @@ class Orchestrator:
         for export in self.load_exports():
             runs = pipeline.list_runs(self.ctx, export.name)
             out.append({"name": export.name, "enabled": export.enabled,
-                        "dataTransferAcknowledged": export.data_transfer_acknowledged,
+                        "dataTransferAcknowledged": export.transfer_acknowledged, "connection": export.connection,
                         "tags": list(export.tags), "lastRuns": runs[:5]})
         return out

@@ -162,7 +162,7 @@ def test_config_errors_fail_the_run_with_exit_code_2():
 
 def test_unknown_keys_are_errors_at_every_level_with_the_closest_valid_name():
     problems = problems_of("unknown_keys.json")
-    assert problems[0] == "version: unknown key (use one of: exports)"
+    assert problems[0] == "version: unknown key (use one of: connections, exports)"
     assert problems[1].startswith('exports[0].tag: unknown field; did you mean "tags"? (use one of: name, source,')
     assert problems[2] == (
         'exports[0].source.tabel: unknown field; did you mean "table"? '
