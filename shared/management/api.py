@@ -56,10 +56,7 @@ class Refused(Exception):
 
 def _validate(text: str, source: str) -> None:
     """The file's own validation of the whole document (raises ConfigError listing every problem)."""
-    try:  # TEMP until conn13 lands
-        from shared.exports import load_definitions
-    except ImportError:
-        from shared.exports import load_exports as load_definitions
+    from shared.exports import load_definitions
 
     load_definitions(text, source)
 
