@@ -63,6 +63,8 @@ class Api:
         self.blobs = BlobServiceClient.from_connection_string(azurite)
         self.config_blob = f"mgmt-{self.id}.json"
         self.source_container = f"ci{self.id}"
+        # Export names of this test's own: runs live in the shared exporter-runs container
+        self.eu, self.us = f"eu-{self.id}", f"us-{self.id}"
         config = self.blobs.get_container_client(names.CONFIG_CONTAINER)
         if not config.exists():
             try:
@@ -151,11 +153,11 @@ def answer(response: func.HttpResponse) -> dict:
     return json.loads(response.get_body())
 
 
-def two_brands(source_container: str) -> dict:
+def two_brands(source_container: str, eu: str = "vip-eu", us: str = "vip-us") -> dict:
     """Two connections: eu-store lets operators use it (without forcing), us-store is for admins only."""
     return {"connections": [connection_body("eu-store", allowedRoles=[OPERATOR]), connection_body("us-store")],
-            "exports": [export_body("vip-eu", source_container, connection="eu-store"),
-                        export_body("vip-us", source_container, connection="us-store")]}
+            "exports": [export_body(eu, source_container, connection="eu-store"),
+                        export_body(us, source_container, connection="us-store")]}
 
 
 @pytest.fixture
@@ -185,18 +187,18 @@ def test_a_saved_export_gets_an_etag_and_is_not_run(make_api):
     api = make_api({"exports": []})
     api.upload_segment()
 
-    response = api.call("PUT", "exports/vip", body=export_body("vip", api.source_container,
-                                                                  dataTransferAcknowledged=True))
+    response = api.call("PUT", f"exports/{api.eu}", body=export_body(api.eu, api.source_container,
+                                                                        dataTransferAcknowledged=True))
 
     assert response.status_code == 201
     etag = response.headers["ETag"]
-    fetched = api.call("GET", "exports/vip", role=READER)
+    fetched = api.call("GET", f"exports/{api.eu}", role=READER)
     assert fetched.status_code == 200 and fetched.headers["ETag"] == etag
     assert answer(fetched)["source"]["container"] == api.source_container
-    assert [e["name"] for e in json.loads(api.document())["exports"]] == ["vip"]
-    assert api.plan_messages() == 0 and api.runs("vip") == []  # saving never starts a run
+    assert [e["name"] for e in json.loads(api.document())["exports"]] == [api.eu]
+    assert api.plan_messages() == 0 and api.runs(api.eu) == []  # saving never starts a run
 
-    started = api.call("POST", "exports/vip/runs")  # it runs on demand (or on the timer)
+    started = api.call("POST", f"exports/{api.eu}/runs")  # it runs on demand (or on the timer)
     assert started.status_code == 202 and api.plan_messages() == 1
 
 
@@ -414,3 +416,207 @@ def test_an_old_single_brand_file_keeps_working_unchanged(make_api):
     assert list(document) == ["exports"]  # no connections list was added
     assert document["exports"][0]["tags"] == ["ci-vip", "more"]
     assert [e.name for e in function_app.orchestrator().load_exports()] == ["vip"]
+
+
+# ------------------------------------------------------------------------------------------------ who may do what
+
+
+def brands_api(make_api, **connection_options) -> Api:
+    api = make_api(None)
+    document = two_brands(api.source_container, api.eu, api.us)
+    document["connections"][0].update(connection_options)
+    api.write_document(document)
+    api.upload_segment()
+    return api
+
+
+@pytest.mark.parametrize(("method", "path"), [
+    ("GET", "exports"), ("GET", "exports/{eu}"), ("GET", "connections"), ("GET", "connections/eu-store"),
+    ("GET", "audit"),
+])
+@pytest.mark.parametrize("role", [ADMIN, OPERATOR, READER])
+def test_every_role_reads_definitions_and_the_audit_log(make_api, method, path, role):
+    api = brands_api(make_api)
+
+    assert api.call(method, path.format(eu=api.eu), role=role).status_code == 200
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "exports/{eu}/runs", None),
+    ("PUT", "exports/{eu}", "export"),
+    ("DELETE", "exports/{eu}", None),
+    ("PUT", "connections/eu-store", "connection"),
+    ("DELETE", "connections/us-store", None),
+    ("POST", "forget", {"emails": ["someone@example.com"]}),
+])
+def test_a_reader_cannot_change_or_run_anything(make_api, method, path, body):
+    api = brands_api(make_api)
+    before = api.document()
+    bodies = {"export": export_body(api.eu, api.source_container, connection="eu-store"),
+              "connection": connection_body("eu-store")}
+
+    response = api.call(method, path.format(eu=api.eu), role=READER,
+                        body=bodies[body] if isinstance(body, str) else body)
+
+    assert response.status_code == 403
+    assert "Exports." in answer(response)["error"]
+    assert api.document() == before and api.plan_messages() == 0
+
+
+def test_a_signed_in_caller_without_an_app_role_reads_nothing(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("GET", "exports", role=())
+
+    assert response.status_code == 403
+    assert "Exports.Reader" in answer(response)["error"]
+
+
+def test_an_operator_runs_an_export_of_a_connection_that_allows_operators(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("POST", f"exports/{api.eu}/runs", role=OPERATOR)
+
+    assert response.status_code == 202 and api.plan_messages() == 1
+
+
+def test_an_operator_cannot_run_an_export_of_an_admins_only_connection(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("POST", f"exports/{api.us}/runs", role=OPERATOR)
+
+    assert response.status_code == 403 and "us-store" in answer(response)["error"]
+    assert api.plan_messages() == 0
+
+
+@pytest.mark.parametrize("option", ["allowMassExit", "fullResync"])
+def test_an_operator_cannot_force_unless_the_connection_allows_it(make_api, option):
+    api = brands_api(make_api)
+
+    response = api.call("POST", f"exports/{api.eu}/runs", role=OPERATOR, body={option: True})
+
+    assert response.status_code == 403 and "operatorsMayForce" in answer(response)["error"]
+    assert api.plan_messages() == 0
+
+
+def test_an_operator_may_force_when_the_connection_allows_it(make_api):
+    api = brands_api(make_api, operatorsMayForce=True)
+
+    response = api.call("POST", f"exports/{api.eu}/runs", role=OPERATOR, body={"fullResync": True})
+
+    assert response.status_code == 202
+
+
+def test_an_operator_saves_an_export_on_an_allowed_connection(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("PUT", "exports/new-eu", role=OPERATOR,
+                        body=export_body("new-eu", api.source_container, connection="eu-store"))
+
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(("name", "connection"), [
+    ("new-us", "us-store"),  # a new export on an admins-only connection
+    ("{us}", "us-store"),  # changing an export of an admins-only connection
+    ("{eu}", "us-store"),  # moving an allowed export to an admins-only connection
+])
+def test_an_operator_cannot_touch_a_connection_not_allowed_to_it(make_api, name, connection):
+    api = brands_api(make_api)
+    name = name.format(eu=api.eu, us=api.us)
+    before = api.document()
+    etag = api.call("GET", f"exports/{name}").headers.get("ETag")
+
+    response = api.call("PUT", f"exports/{name}", role=OPERATOR, headers={"If-Match": etag} if etag else {},
+                        body=export_body(name, api.source_container, connection=connection))
+
+    assert response.status_code == 403 and "us-store" in answer(response)["error"]
+    assert api.document() == before
+
+
+@pytest.mark.parametrize(("method", "path"), [("PUT", "connections/eu-store"), ("DELETE", "exports/{eu}")])
+def test_only_an_admin_changes_connections_and_deletes_exports(make_api, method, path):
+    api = brands_api(make_api)
+    path = path.format(eu=api.eu)
+    etag = api.call("GET", path).headers["ETag"]
+    body = connection_body("eu-store", allowedRoles=[OPERATOR], operatorsMayForce=True) if method == "PUT" else None
+
+    response = api.call(method, path, role=OPERATOR, body=body, headers={"If-Match": etag})
+
+    assert response.status_code == 403 and ADMIN in answer(response)["error"]
+
+
+def test_a_function_key_alone_has_no_role_once_authentication_is_on(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("GET", "exports", role=None)
+
+    assert response.status_code == 403 and "ALLOW_FUNCTION_KEY_ADMIN" in answer(response)["error"]
+
+
+def test_a_function_key_acts_as_admin_when_allowed(make_api):
+    api = make_api(None, allow_function_key_admin=True)
+    api.write_document(two_brands(api.source_container))
+
+    response = api.call("PUT", "connections/third", role=None, body=connection_body("third"))
+
+    assert response.status_code == 201
+    record = answer(api.call("GET", "audit", role=None))["records"][0]
+    assert record["who"]["via"] == "function-key"
+
+
+def test_without_authentication_the_principal_header_is_ignored_and_the_key_is_admin(make_api):
+    api = make_api(None, auth_enabled=False)
+    api.write_document(two_brands(api.source_container))
+
+    # A caller cannot claim a role with a header of its own making when App Service Authentication is off
+    response = api.call("PUT", "connections/third", role=READER, body=connection_body("third"))
+
+    assert response.status_code == 201
+    assert answer(api.call("GET", "audit"))["records"][0]["who"] == {
+        "name": "function key", "via": "function-key", "roles": [ADMIN]}
+
+
+# ------------------------------------------------------------------------------------------------ audit
+
+
+def test_the_audit_log_records_every_change_newest_first(make_api):
+    api = brands_api(make_api)
+    etag = api.call("GET", f"exports/{api.eu}").headers["ETag"]
+    api.call("PUT", f"exports/{api.eu}", role=OPERATOR, headers={"If-Match": etag},
+             body=export_body(api.eu, api.source_container, connection="eu-store", tags=["changed"]))
+    api.call("PUT", "connections/third", body=connection_body("third"))
+    third = api.call("GET", "connections/third").headers["ETag"]
+    api.call("DELETE", "connections/third", headers={"If-Match": third})
+    api.call("PUT", f"exports/{api.eu}", role=OPERATOR, body=export_body(api.eu, "x"))  # 428: not a change
+
+    records = answer(api.call("GET", "audit", role=READER))["records"]
+
+    assert [(r["action"], r["kind"], r["name"]) for r in records] == [
+        ("delete", "connection", "third"), ("put", "connection", "third"), ("put", "export", api.eu)]
+    change = records[2]
+    assert change["who"]["name"] == f"{OPERATOR}@example.com" and change["who"]["roles"] == [OPERATOR]
+    assert change["before"]["tags"] == ["ci-vip"] and change["after"]["tags"] == ["changed"]
+    assert records[1]["before"] is None and records[1]["after"]["apiKeySecret"] == "omnisend-third-key"
+    assert records[0]["after"] is None and records[0]["at"]
+
+
+def test_the_audit_log_pages(make_api):
+    api = brands_api(make_api)
+    for i in range(5):
+        api.call("PUT", f"connections/spare-{i}", body=connection_body(f"spare-{i}"))
+
+    first = answer(api.call("GET", "audit", params={"limit": "2"}))
+    second = answer(api.call("GET", "audit", params={"limit": "2", "after": first["next"]}))
+    last = answer(api.call("GET", "audit", params={"limit": "2", "after": second["next"]}))
+
+    names_seen = [r["name"] for page in (first, second, last) for r in page["records"]]
+    assert names_seen == [f"spare-{i}" for i in (4, 3, 2, 1, 0)]
+    assert last["next"] is None
+
+
+def test_a_bad_audit_limit_is_400(make_api):
+    api = brands_api(make_api)
+
+    assert api.call("GET", "audit", params={"limit": "0"}).status_code == 400
+    assert api.call("GET", "audit", params={"after": "../x"}).status_code == 400
