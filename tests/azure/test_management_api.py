@@ -7,12 +7,17 @@ shared.management.access.encode_principal); what Entra ID itself does (tokens, a
 
 from __future__ import annotations
 
+import contextlib
 import json
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobServiceClient
 
 import function_app
@@ -28,6 +33,7 @@ from tests.azure.concurrent_host import PrefixedQueues
 pytestmark = pytest.mark.azurite
 
 KEY = "management-test-key"
+REPO = Path(__file__).resolve().parents[2]
 ROUTES = {  # (method, route template) -> the app's function; checked against the bindings below
     ("GET", "connections"): function_app.list_connections,
     ("GET", "connections/{name}"): function_app.manage_connection,
@@ -67,10 +73,8 @@ class Api:
         self.eu, self.us = f"eu-{self.id}", f"us-{self.id}"
         config = self.blobs.get_container_client(names.CONFIG_CONTAINER)
         if not config.exists():
-            try:
+            with contextlib.suppress(ResourceExistsError):  # another test created it first
                 config.create_container()
-            except Exception:  # another test created it first
-                pass
         if document is not None:
             self.write_document(document)
         self.settings = Settings(storage_connection_string=azurite, omnisend_api_key=KEY,
@@ -620,3 +624,60 @@ def test_a_bad_audit_limit_is_400(make_api):
 
     assert api.call("GET", "audit", params={"limit": "0"}).status_code == 400
     assert api.call("GET", "audit", params={"after": "../x"}).status_code == 400
+
+
+# ------------------------------------------------------------------------------------------------ two writers at once
+
+# One writer process: the app's own function body, its own orchestrator, the same definitions blob. It signals it is
+# ready, waits for the go file so both writers PUT at the same moment, and prints the status and the audit id.
+WRITER = """
+import json, sys, time
+from pathlib import Path
+import azure.functions as func
+import function_app
+from shared.app import build_orchestrator
+from shared.management.access import encode_principal
+from shared.settings import Settings
+
+connection, exports_config, name, etag, tag, ready, go = sys.argv[1:]
+settings = Settings(storage_connection_string=connection, exports_config=exports_config, auth_enabled=True)
+function_app._orchestrator = build_orchestrator(settings, queues=object())
+body = {"name": name, "source": {"container": "ciexports", "path": "p", "table": "T"},
+        "mapping": {"email": "EMail"}, "tags": [tag]}
+principal = encode_principal(tag, ["Exports.Admin"])
+request = func.HttpRequest("PUT", "http://localhost/api/exports/" + name,
+                           headers={"If-Match": etag, "X-MS-CLIENT-PRINCIPAL": principal},
+                           params={}, route_params={"name": name}, body=json.dumps(body).encode())
+target = function_app.manage_export._function.get_user_function()
+Path(ready).touch()
+deadline = time.monotonic() + 120
+while not Path(go).exists() and time.monotonic() < deadline:
+    time.sleep(0.005)
+response = target(request)
+print(json.dumps({"status": response.status_code, "tag": tag}))
+"""
+
+
+def test_two_concurrent_puts_from_two_processes_one_wins_the_other_gets_412(make_api, tmp_path):
+    api = make_api({"exports": [export_body("vip", "ciexports"), export_body("churn", "ciexports")]})
+    etag = api.call("GET", "exports/vip").headers["ETag"]
+    go = tmp_path / "go"
+    writers = []
+    for tag in ("writer-a", "writer-b"):
+        ready = tmp_path / f"{tag}.ready"
+        writers.append((ready, subprocess.Popen(
+            [sys.executable, "-c", WRITER, api.settings.storage_connection_string, api.settings.exports_config,
+             "vip", etag, tag, str(ready), str(go)], cwd=REPO, stdout=subprocess.PIPE, text=True)))
+    deadline = time.monotonic() + 120
+    while not all(ready.exists() for ready, _ in writers) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+
+    results = [json.loads(proc.communicate(timeout=120)[0]) for _, proc in writers]
+
+    assert sorted(r["status"] for r in results) == [200, 412]
+    winner = next(r["tag"] for r in results if r["status"] == 200)
+    document = json.loads(api.document())
+    assert [e["tags"] for e in document["exports"]] == [[winner], ["ci-vip"]]  # the loser changed nothing
+    records = answer(api.call("GET", "audit"))["records"]
+    assert [(r["name"], r["after"]["tags"]) for r in records] == [("vip", [winner])]
