@@ -36,6 +36,8 @@ WRITE_ATTEMPTS = 5
 # A definition body is a few hundred bytes; 64 KiB is far above any real one and refuses junk before parsing.
 MAX_BODY_BYTES = 64 * 1024
 KINDS = {"connections": "connection", "exports": "export"}
+# Fields a GET answer adds to an object; a body that sends them back (GET, edit, PUT) has them dropped, not refused.
+READ_ONLY_FIELDS = ("etag", "implicit", "auditId")
 # Run options an operator may use only on connections with "operatorsMayForce": true.
 FORCE_OPTIONS = {"allow_mass_exit": "allowMassExit", "full_resync": "fullResync"}
 
@@ -233,6 +235,8 @@ class Management:
             raise Refused(400, f"the body must be one {KINDS[collection]} as a JSON object") from None
         if not isinstance(obj, dict):
             raise Refused(400, f"the body must be one {KINDS[collection]} as a JSON object")
+        for read_only in READ_ONLY_FIELDS:
+            obj.pop(read_only, None)
         keyish = sorted(k for k in obj if k not in SECRET_NAME_FIELDS and SECRET_FIELD_RE.search(k))
         if keyish:
             raise Refused(
@@ -312,6 +316,13 @@ class Management:
             if collection == "exports":
                 used = {self.connection_of(doc, obj)} | ({self.connection_of(doc, existing)} if existing else set())
                 self._require_export_access(caller, doc, sorted(used), f"changing export {name!r}")
+                acknowledged = (existing or {}).get("dataTransferAcknowledged")
+                if not caller.is_admin and obj.get("dataTransferAcknowledged") != acknowledged:
+                    # The privacy acknowledgement is the admin's, given on the connection (or, in old files, here).
+                    raise Forbidden(
+                        f'changing "dataTransferAcknowledged" of export {name!r} needs the role {ADMIN}; '
+                        f"{caller.describe()}"
+                    )
             if collection not in doc or not isinstance(doc[collection], list):
                 doc = _with_list_first(doc, collection) if collection == "connections" else {**doc, collection: []}
             items = doc[collection]

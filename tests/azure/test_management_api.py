@@ -681,3 +681,24 @@ def test_two_concurrent_puts_from_two_processes_one_wins_the_other_gets_412(make
     assert [e["tags"] for e in document["exports"]] == [[winner], ["ci-vip"]]  # the loser changed nothing
     records = answer(api.call("GET", "audit"))["records"]
     assert [(r["name"], r["after"]["tags"]) for r in records] == [("vip", [winner])]
+
+
+def test_an_operator_cannot_give_the_privacy_acknowledgement(make_api):
+    api = brands_api(make_api)
+
+    response = api.call("PUT", "exports/new-eu", role=OPERATOR, body=export_body(
+        "new-eu", api.source_container, connection="eu-store", dataTransferAcknowledged=True))
+
+    assert response.status_code == 403 and "dataTransferAcknowledged" in answer(response)["error"]
+
+
+def test_what_a_get_adds_may_be_sent_back_unchanged(make_api):
+    api = brands_api(make_api)
+    fetched = api.call("GET", "connections/eu-store")
+
+    response = api.call("PUT", "connections/eu-store", body={**answer(fetched), "displayName": "EU shop"},
+                        headers={"If-Match": fetched.headers["ETag"]})
+
+    assert response.status_code == 200
+    stored = json.loads(api.document())["connections"][0]
+    assert stored["displayName"] == "EU shop" and "etag" not in stored and "implicit" not in stored
