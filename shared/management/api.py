@@ -230,14 +230,16 @@ class Management:
         if len(body) > MAX_BODY_BYTES:
             raise Refused(400, f"the body is {len(body)} bytes; a {KINDS[collection]} is at most {MAX_BODY_BYTES}")
         try:
-            obj = json.loads(body or b"null")
+            obj = json.loads(body or b"null", object_pairs_hook=_no_duplicates)
+        except _DuplicateKey as exc:
+            raise Refused(400, f"the key {str(exc)[:60]!r} is given twice in the body; give it once") from None
         except (ValueError, RecursionError):
             raise Refused(400, f"the body must be one {KINDS[collection]} as a JSON object") from None
         if not isinstance(obj, dict):
             raise Refused(400, f"the body must be one {KINDS[collection]} as a JSON object")
         for read_only in READ_ONLY_FIELDS:
             obj.pop(read_only, None)
-        keyish = sorted(k for k in obj if k not in SECRET_NAME_FIELDS and SECRET_FIELD_RE.search(k))
+        keyish = sorted(k[:40] for k in obj if k not in SECRET_NAME_FIELDS and SECRET_FIELD_RE.search(k))
         if keyish:
             raise Refused(
                 400,
@@ -411,6 +413,20 @@ class Management:
         if after is not None and not AUDIT_ID_RE.fullmatch(after):
             return Answer(400, {"error": "after must be the id of an audit record (the previous page's next)"})
         return Answer(200, self.audit_log.read(int(text), after))
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """As the file's own reader: a key given twice is refused, never silently the last one."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
 
 
 def _header(headers: Mapping[str, str], name: str) -> str | None:

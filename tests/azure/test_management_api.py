@@ -702,3 +702,11 @@ def test_what_a_get_adds_may_be_sent_back_unchanged(make_api):
     assert response.status_code == 200
     stored = json.loads(api.document())["connections"][0]
     assert stored["displayName"] == "EU shop" and "etag" not in stored and "implicit" not in stored
+
+
+def test_a_key_given_twice_in_a_body_is_refused(make_api):
+    api = make_api({"exports": [export_body("vip", "ciexports")]})
+
+    response = api.call("PUT", "exports/other", body=b'{"name": "other", "tags": ["a"], "tags": ["b"]}')
+
+    assert response.status_code == 400 and "twice" in answer(response)["error"]
