@@ -165,7 +165,7 @@ class Management:
         return Answer(200, {collection: items})
 
     def _get(self, caller: Caller, collection: str, name: str) -> Answer:
-        caller.require(*READ_ROLES, what=f"reading a {KINDS[collection]}")
+        caller.require(*READ_ROLES, what=f"reading {KINDS[collection]} {name!r}")
         doc, _ = self._read()
         obj = self._find(doc, collection, name)
         if obj is None:
@@ -247,7 +247,8 @@ class Management:
                 'Key Vault and give its secret name as "apiKeySecret" (or, locally, the name of an '
                 'environment variable holding it as "apiKeyEnv")',
             )
-        if obj.setdefault("name", name) != name:
+        obj = {"name": name, **obj}  # the name first, as in a hand-written file
+        if obj["name"] != name:
             raise Refused(
                 400,
                 f"the body names {str(obj['name'])[:80]!r} but the URL names {name!r}; they must agree "
@@ -314,7 +315,6 @@ class Management:
 
         def edit(doc: dict[str, Any]) -> tuple[Answer, dict[str, Any]]:
             existing = self._find(doc, collection, name)
-            self._preconditions(existing, headers, kind, name, creating_allowed=True)
             if collection == "exports":
                 used = {self.connection_of(doc, obj)} | ({self.connection_of(doc, existing)} if existing else set())
                 self._require_export_access(caller, doc, sorted(used), f"changing export {name!r}")
@@ -325,6 +325,8 @@ class Management:
                         f'changing "dataTransferAcknowledged" of export {name!r} needs the role {ADMIN}; '
                         f"{caller.describe()}"
                     )
+            # Roles first: a caller who may not change the object learns that, not its ETag.
+            self._preconditions(existing, headers, kind, name, creating_allowed=True)
             if collection not in doc or not isinstance(doc[collection], list):
                 doc = _with_list_first(doc, collection) if collection == "connections" else {**doc, collection: []}
             items = doc[collection]
