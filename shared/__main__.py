@@ -169,6 +169,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--email-domain", required=True, metavar="DOMAIN", help="a domain you own, e.g. example.com")
     p.add_argument("--yes", action="store_true", help="really create the probe contacts")
     common(p)
+
+    from shared.cli_definitions import add_commands
+
+    add_commands(sub, common)
     return parser
 
 
@@ -206,28 +210,41 @@ def _exit_code_for(report: dict[str, Any]) -> int:
     )
 
 
-def _with_local_simulator(settings: Settings, progress_note) -> tuple[Settings, Any]:
-    """No key configured and the default Omnisend URL: export to the bundled simulator instead, and say so."""
-    if settings.has_api_key_source:
-        return settings, None
+def _with_local_simulator(settings: Settings, connection, progress_note) -> tuple[Settings, Any, Any]:
+    """No key configured for the export's connection and the default Omnisend URL: export to the bundled simulator
+    instead, and say so. (settings, key provider replacing the connection's or None, simulator or None)."""
+    from shared import brands
+
+    if brands.has_key_source(settings, connection):
+        return settings, None, None
     if not settings.omnisend_base_url_is_default:
+        if not connection.implicit:
+            brands.key_provider(settings, connection)  # raises the ConfigError saying what to set
         raise ConfigError(
             "no Omnisend API key: set OMNISEND_API_KEY, or KEY_VAULT_URL (+ OMNISEND_API_KEY_SECRET_NAME)",
             source="environment",
         )
     from devtools.omnisend_sim import SimConfig, Simulator  # dev-only; not part of the deployed app
+    from shared.secrets import StaticKeyProvider
 
     key = "local-simulator-key"
     sim = Simulator(SimConfig(api_keys=(key,), batch_delay=0.05)).start()
-    progress_note(
-        f"No OMNISEND_API_KEY or KEY_VAULT_URL is set: exporting to the bundled Omnisend simulator at {sim.base_url} "
-        "(nothing leaves this machine). Set OMNISEND_API_KEY to export to your Omnisend brand."
-    )
-    return dataclasses.replace(settings, omnisend_base_url=sim.base_url, omnisend_api_key=key), sim
+    if connection.implicit:
+        progress_note(
+            f"No OMNISEND_API_KEY or KEY_VAULT_URL is set: exporting to the bundled Omnisend simulator at "
+            f"{sim.base_url} (nothing leaves this machine). Set OMNISEND_API_KEY to export to your Omnisend brand."
+        )
+        settings = dataclasses.replace(settings, omnisend_api_key=key)
+    else:
+        progress_note(
+            f'No key for connection "{connection.name}" ({brands.key_source(settings, connection)}): exporting to '
+            f"the bundled Omnisend simulator at {sim.base_url} (nothing leaves this machine)."
+        )
+    return dataclasses.replace(settings, omnisend_base_url=sim.base_url), StaticKeyProvider(key), sim
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from shared.app import build_context, load_export_definitions
+    from shared.app import build_context, load_definitions_from_settings, make_stores
     from shared.exports import find_export
     from shared.local_runner import run_export
     from shared.pipeline import RunOptions
@@ -238,13 +255,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if not args.verbose:
         logging.getLogger().addHandler(WarningSummary(progress))
     settings = _settings(args)
+    stores = make_stores(settings)
+    export = find_export(load_definitions_from_settings(settings, stores[0]).exports, args.name)
+    connection = export.resolved_connection
     # A dry run makes no request to Omnisend, so it needs neither a key nor the bundled simulator.
-    settings, sim = (settings, None) if args.dry_run else _with_local_simulator(settings, progress.note)
+    settings, key_provider, sim = ((settings, None, None) if args.dry_run
+                                   else _with_local_simulator(settings, connection, progress.note))
     stop = StopSignal()
     _stop_on_signals(stop)
     try:
-        ctx = build_context(settings, stop=stop)
-        export = find_export(load_export_definitions(settings, ctx.state_store), args.name)
+        # The client of the export's connection: its brand's key, API version and request share.
+        ctx = build_context(settings, stop=stop, stores=stores, connection=connection, key_provider=key_provider)
         options = RunOptions(force=args.force, dry_run=args.dry_run, full_resync=args.full_resync,
                              allow_mass_exit=args.allow_mass_exit, supersede=args.supersede,
                              new_run=args.new_run)
@@ -280,7 +301,8 @@ def _stop_on_signals(stop: StopSignal) -> None:
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    from shared.app import load_export_definitions, make_stores
+    from shared import brands
+    from shared.app import load_definitions_from_settings, make_stores
     from shared.checks import EXIT_CONFIG, Problem, check_configuration
 
     problems: list[Problem] = []
@@ -293,17 +315,20 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         problems += [Problem("settings", "environment", p, EXIT_CONFIG) for p in exc.problems]
         settings = Settings(exports_config=args.config or "exports.json")
         settings_ok = False
-    exports = []
+    exports, connections = [], None
     try:
-        exports = load_export_definitions(settings)
+        definitions = load_definitions_from_settings(settings)
+        exports, connections = definitions.exports, definitions.connections
     except ConfigError as exc:
         problems += [Problem("exports", exc.source or settings.exports_config, p, EXIT_CONFIG) for p in exc.problems]
     result: dict[str, Any] = {"ok": False, "exportsConfig": settings.exports_config, "exports": []}
     if not problems or exports:
         _, source_store = make_stores(settings)
-        online = settings_ok and (args.online or (not args.offline and settings.has_api_key_source))
+        keys = any(brands.has_key_source(settings, c) for c in (connections or {}).values())
+        online = settings_ok and (args.online or (not args.offline and (settings.has_api_key_source or keys)))
         result, found = check_configuration(settings, exports, source_store=source_store,
-                                            snapshots=settings_ok and not args.no_snapshots, online=online)
+                                            snapshots=settings_ok and not args.no_snapshots, online=online,
+                                            connections=connections)
         if not settings_ok:  # what the default settings would say is not what the fixed ones will
             result.pop("storage"), result.pop("omnisend")
         problems += found
@@ -324,8 +349,17 @@ def _check_config_text(result: dict[str, Any], problems: list) -> list[str]:
         lines.append(f"  storage    {result['storage']}")
         key = {"accepted": "accepted by Omnisend", "refused": "REFUSED", "not checked": "not checked"}.get(
             o.get("keyCheck", ""), "not checked (offline)")
-        lines.append(f"  Omnisend   {o['baseUrl']} API {o['apiVersion']}, {o['requestsPerMinute']} requests/min; "
-                     f"key: {o['key']}, {key}")
+        connections = result.get("connections", [])
+        if any(not c["implicit"] for c in connections):
+            lines.append(f"  Omnisend   {o['baseUrl']}")
+            for c in connections:
+                check = {"accepted": "accepted by Omnisend", "refused": "REFUSED"}.get(c["keyCheck"], c["keyCheck"])
+                used = ", ".join(c["exports"]) or "no export"
+                lines.append(f"  connection {c['name']} ({c['displayName']}): API {c['apiVersion']}, "
+                             f"{c['requestsPerMinute']} requests/min; key: {c['key']}, {check}; used by {used}")
+        else:
+            lines.append(f"  Omnisend   {o['baseUrl']} API {o['apiVersion']}, {o['requestsPerMinute']} requests/min; "
+                         f"key: {o['key']}, {key}")
     for e in result["exports"]:
         if not e["enabled"]:
             lines.append(f"  - {e['name']}: disabled (not checked)")
@@ -359,18 +393,20 @@ def _cmd_health(args: argparse.Namespace) -> int:
 def _probe_verdicts(settings: Settings, exports: list, result: dict[str, Any]) -> list:
     """The consent probe's verdicts per export (shared/probe.py): never probed is a warning; an assumption the probe
     contradicted is a problem, since the export refuses to run until its settings avoid it."""
+    from shared import brands
     from shared.app import make_stores
     from shared.checks import EXIT_CONFIG, Problem
     from shared.probe import assess, read_result
 
-    probed = read_result(make_stores(settings)[0], settings.omnisend_api_version)
+    store = make_stores(settings)[0]
     by_name = {e.name: e for e in exports}
     problems = []
     for entry in result["exports"]:
         export = by_name.get(entry["name"])
         if export is None:
             continue
-        verdict = assess(export, settings.omnisend_api_version, probed)
+        version = brands.brand(settings, export.resolved_connection).api_version  # the API its brand is spoken to in
+        verdict = assess(export, version, read_result(store, version))
         entry["probe"] = {"assumptions": verdict["assumptions"],
                           "warnings": [w for w in verdict["warnings"] if "CONTRADICTED" not in w]}
         problems += [Problem("probe", f'export "{export.name}"', w, EXIT_CONFIG)
@@ -450,6 +486,12 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_definitions(args: argparse.Namespace) -> int:
+    from shared.cli_definitions import run
+
+    return run(args, _settings(args), _out)
+
+
 def _cmd_probe(args: argparse.Namespace) -> int:
     from shared.app import build_context
     from shared.names import STATE_CONTAINER
@@ -502,7 +544,8 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     commands = {"export": _cmd_export, "check-config": _cmd_check_config, "runs": _cmd_runs,
                 "report": _cmd_report, "health": _cmd_health, "prune": _cmd_prune,
-                "forget": _cmd_forget, "probe": _cmd_probe}
+                "forget": _cmd_forget, "probe": _cmd_probe, "connections": _cmd_definitions,
+                "exports": _cmd_definitions}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.errors import ConfigError
-from shared.settings import API_VERSIONS
+from shared.settings import API_VERSIONS, ENV_NAMES
 from shared.suggest import closest, did_you_mean, type_name
 
 if TYPE_CHECKING:
@@ -159,9 +159,23 @@ class ConnectionRules:
                 'the app settings (the implicit "default" connection)',
             )
         first_index: dict[str, int] = {}
+        key_users: dict[tuple[str, str], int] = {}  # (key field, its value) -> first connection giving it
         for i, item in enumerate(items):
             where = f"connections[{i}]"
             connection = self.connection(item, where)
+            for key in ("apiKeySecret", "apiKeyEnv"):
+                value = item.get(key) if isinstance(item, dict) else None
+                if not isinstance(value, str) or not value:
+                    continue
+                if (key, value) in key_users:
+                    self.v.problem(
+                        f"{where}.{key}",
+                        f'"{value}" is also used by connections[{key_users[key, value]}]: one brand, one connection '
+                        "(each connection has its own request budget, so two on one key could together exceed the "
+                        f"brand's {MAX_REQUESTS_PER_MINUTE} requests a minute)",
+                    )
+                else:
+                    key_users[key, value] = i
             name = item.get("name") if isinstance(item, dict) else None
             if isinstance(name, str):
                 if name in first_index:
@@ -204,7 +218,11 @@ class ConnectionRules:
                 "holding the key, never the key itself)",
             )
         env = v.text(obj, "apiKeyEnv", where, required=False)
-        if env is not None and not API_KEY_ENV_RE.fullmatch(env):
+        if env is not None and env.startswith("OMNISEND_API_KEY_") and env in ENV_NAMES:
+            v.problem(
+                f"{where}.apiKeyEnv", f"{env} is a setting of its own, not a key: name the variable holding the key"
+            )
+        elif env is not None and not API_KEY_ENV_RE.fullmatch(env):
             v.problem(
                 f"{where}.apiKeyEnv",
                 f"{json.dumps(env)} is not allowed: name an environment variable OMNISEND_API_KEY or "

@@ -134,16 +134,27 @@ class ExportDefinition:
     consent: ConsentMapping | None = None
     max_rejected_fraction: float = DEFAULT_MAX_REJECTED_FRACTION
     tags_via: str = "upsert"
-    connection: str = DEFAULT_CONNECTION  # the Omnisend brand it goes to (shared/connections.py)
-    # The connection's "dataTransferAcknowledged", copied in when the file is loaded so that whoever holds only the
-    # export can tell whether it may run: the acknowledgement is given once per connection, or per export (older
-    # files).
-    connection_acknowledged: bool = False
+    connection: str = DEFAULT_CONNECTION  # the name of the Omnisend brand it goes to (shared/connections.py)
+    # That connection as the same document defined it, attached when the file is loaded, so that whoever holds the
+    # export (a stage, a queue handler) uses the brand of the same version of the definitions. None: not loaded from
+    # a document (then only the implicit default connection can be meant).
+    connection_definition: Connection | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def resolved_connection(self) -> Connection:
+        """The connection this export uses; ConfigError when it was built by hand naming another than "default"."""
+        if self.connection_definition is not None:
+            return self.connection_definition
+        if self.connection == DEFAULT_CONNECTION:
+            return IMPLICIT_DEFAULT
+        raise ConfigError(f'export "{self.name}" names connection "{self.connection}" but was not loaded with it')
 
     @property
     def transfer_acknowledged(self) -> bool:
-        """Whether sending this export's personal data to Omnisend was acknowledged (by its connection or itself)."""
-        return self.data_transfer_acknowledged or self.connection_acknowledged
+        """Whether sending this export's personal data to Omnisend was acknowledged: once for its connection, or on
+        the export itself (files written before connections existed)."""
+        owner = self.connection_definition
+        return self.data_transfer_acknowledged or (owner is not None and owner.data_transfer_acknowledged)
 
 
 class ExportNotRunnable(FailRun):
@@ -428,7 +439,7 @@ class _Validator:
             max_rejected_fraction=rejected_fraction,
             tags_via=tags_via,
             connection=connection,
-            connection_acknowledged=owner.data_transfer_acknowledged if owner else False,
+            connection_definition=owner,
         )
 
     def source(self, value: Any, where: str) -> Source | None:

@@ -8,6 +8,8 @@ contact):
 - ``exports``: the export definitions load and validate.
 - ``keyVault``: the Omnisend key's secret is readable (or the key comes from OMNISEND_API_KEY).
 - ``omnisend``: Omnisend accepts the key: one read-only request, its answer cached for OMNISEND_CHECK_CACHE_SECONDS.
+  With connections (several Omnisend brands, shared/connections.py) these two are made per connection and named
+  ``keyVault:<connection>`` and ``omnisend:<connection>``.
 - ``timer``: when the timer last fired (recorded by the timer trigger), an error if longer ago than a day.
 
 All pass → HTTP 200 / exit 0; otherwise 503 / a non-zero exit.
@@ -26,9 +28,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import events, names
+from shared import brands, events, names
+from shared.connections import Connection
 from shared.errors import AuthRejected, ConfigError, ExporterError, RetryLater
-from shared.exports import ExportDefinition
+from shared.exports import Definitions, ExportDefinition
 from shared.settings import Settings
 from shared.storage import NotFound, ObjectStore
 
@@ -144,58 +147,67 @@ def check_exports(load: Callable[[], list[ExportDefinition]]) -> tuple[Check, li
     return Check("exports", True, reason), exports
 
 
-def check_key_source(settings: Settings, make_provider: Callable[[], Any]) -> tuple[Check, Any, str | None]:
-    """(check, key provider, key) — the provider and key are None when no key could be read."""
+def check_key_source(settings: Settings, make_provider: Callable[[], Any],
+                     connection: Connection | None = None) -> tuple[Check, Any, str | None]:
+    """(check, key provider, key) — the provider and key are None when no key could be read. ``connection``: an
+    explicit connection's key (the check is then named ``keyVault:<connection>``)."""
+    name = "keyVault" if connection is None else f"keyVault:{connection.name}"
     try:
         provider = make_provider()
         key = provider.get(refresh=True)
     except Exception as exc:
-        return Check("keyVault", False, one_line(exc)), None, None
+        return Check(name, False, one_line(exc)), None, None
+    if connection is not None:
+        return Check(name, True, f"{brands.key_source(settings, connection)} is readable"), provider, key
     if settings.key_vault_url:
         where = f"secret {settings.omnisend_api_key_secret_name!r} in {settings.key_vault_url}"
         return Check("keyVault", True, f"{where} is readable"), provider, key
     return Check("keyVault", True, "not configured: the key comes from OMNISEND_API_KEY"), provider, key
 
 
-_omnisend_cache: dict[tuple[str, str, str], tuple[float, Check]] = {}
+_omnisend_cache: dict[tuple[str, str, str, str], tuple[float, Check]] = {}
 _omnisend_lock = threading.Lock()
 
 
 def check_omnisend(settings: Settings, provider: Any, key: str | None,
-                   monotonic: Callable[[], float] = time.monotonic) -> Check:
+                   monotonic: Callable[[], float] = time.monotonic, connection: Connection | None = None) -> Check:
+    name, see = ("omnisend", "keyVault") if connection is None else (f"omnisend:{connection.name}",
+                                                                     f"keyVault:{connection.name}")
     if provider is None or key is None:
-        return Check("omnisend", False, "not checked: no API key could be read (see keyVault)")
+        return Check(name, False, f"not checked: no API key could be read (see {see})")
+    version = settings.omnisend_api_version if connection is None else brands.brand(settings, connection).api_version
     # Cached per key (by its hash: the key itself is never kept here), so a rotated key is checked at once.
-    cache_key = (settings.omnisend_base_url, settings.omnisend_api_version,
-                 hashlib.sha256(key.encode()).hexdigest()[:16])
+    cache_key = (name, settings.omnisend_base_url, version, hashlib.sha256(key.encode()).hexdigest()[:16])
     with _omnisend_lock:
         cached = _omnisend_cache.get(cache_key)
         if cached and monotonic() - cached[0] < OMNISEND_CHECK_CACHE_SECONDS:
             return cached[1]
-    check = _ask_omnisend(settings, provider, key)
+    check = _ask_omnisend(settings, provider, key, name, version)
     with _omnisend_lock:
         _omnisend_cache[cache_key] = (monotonic(), check)
     return check
 
 
-def _ask_omnisend(settings: Settings, provider: Any, key: str) -> Check:
+def _ask_omnisend(settings: Settings, provider: Any, key: str, name: str = "omnisend",
+                  version: str | None = None) -> Check:
     from shared.omnisend import OmnisendClient, Pacer
 
-    where = f"{settings.omnisend_base_url} API {settings.omnisend_api_version}"
+    version = version or settings.omnisend_api_version
+    where = f"{settings.omnisend_base_url} API {version}"
     # One attempt: a health check reports a 429 or an outage, it does not wait one out.
-    client = OmnisendClient(base_url=settings.omnisend_base_url, api_version=settings.omnisend_api_version,
+    client = OmnisendClient(base_url=settings.omnisend_base_url, api_version=version,
                             api_key=provider, pacer=Pacer(settings.omnisend_requests_per_minute), max_attempts=1)
     try:
         client.check_key()
     except AuthRejected as exc:
-        return Check("omnisend", False, f"{where} refused the key: {one_line(exc, [key])}")
+        return Check(name, False, f"{where} refused the key: {one_line(exc, [key])}")
     except RetryLater as exc:
-        return Check("omnisend", False, f"{where} did not answer usefully: {one_line(exc, [key])}")
+        return Check(name, False, f"{where} did not answer usefully: {one_line(exc, [key])}")
     except Exception as exc:
-        return Check("omnisend", False, f"{where}: {one_line(exc, [key])}")
+        return Check(name, False, f"{where}: {one_line(exc, [key])}")
     finally:
         client.close()
-    return Check("omnisend", True, f"{where} accepts the key")
+    return Check(name, True, f"{where} accepts the key")
 
 
 def check_timer(store: ObjectStore, clock: Callable[[], float] = time.time, blob: str = TIMER_BLOB) -> Check:
@@ -238,22 +250,46 @@ def run_checks(
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
     timer_blob: str = TIMER_BLOB,
+    load_definitions: Callable[[], Definitions] | None = None,
+    make_connection_key_provider: Callable[[Connection], Any] | None = None,
 ) -> HealthReport:
-    """Every check, each on its own (one failing never hides another), in a fixed order."""
+    """Every check, each on its own (one failing never hides another), in a fixed order. The key and Omnisend
+    checks are made once per connection of the definitions (``load_definitions``; else the connections the exports
+    use): a file without connections gets the single ``keyVault`` and ``omnisend`` checks of ``make_key_provider``.
+    """
     storage = check_storage(store)
     queues = check_queues(queue_exists, queue_names)
-    exports, _ = check_exports(load_exports)
-    key_check, provider, key = check_key_source(settings, make_key_provider)
-    omnisend = check_omnisend(settings, provider, key, monotonic)
+    connections: list[Connection] = []
+    if load_definitions is not None:
+        loaded_definitions: list[Definitions] = []
+
+        def load() -> list[ExportDefinition]:
+            loaded_definitions.append(load_definitions())
+            return loaded_definitions[0].exports
+
+        exports, _ = check_exports(load)
+        connections = list(loaded_definitions[0].connections.values()) if loaded_definitions else []
+    else:
+        exports, loaded = check_exports(load_exports)
+        connections = list({e.resolved_connection.name: e.resolved_connection for e in loaded}.values())
+    brand_checks: list[Check] = []
+    if not connections or all(c.implicit for c in connections):
+        key_check, provider, key = check_key_source(settings, make_key_provider)
+        brand_checks += [key_check, check_omnisend(settings, provider, key, monotonic)]
+    else:
+        make = make_connection_key_provider or (lambda c: brands.key_provider(settings, c))
+        for connection in connections:
+            key_check, provider, key = check_key_source(settings, lambda c=connection: make(c), connection)
+            brand_checks += [key_check, check_omnisend(settings, provider, key, monotonic, connection)]
     timer = check_timer(store, clock, timer_blob)
-    return HealthReport((storage, queues, exports, key_check, omnisend, timer), _iso(clock()))
+    return HealthReport((storage, queues, exports, *brand_checks, timer), _iso(clock()))
 
 
 def run_from_settings(settings: Settings | None = None) -> HealthReport:
     """The checks for this process's configuration (the HTTP route and the CLI)."""
     try:
         settings = settings or Settings.from_env()
-        from shared.app import load_export_definitions, make_key_provider, make_stores
+        from shared.app import load_definitions_from_settings, load_export_definitions, make_key_provider, make_stores
 
         store, _ = make_stores(settings)
     except ExporterError as exc:
@@ -264,7 +300,8 @@ def run_from_settings(settings: Settings | None = None) -> HealthReport:
 
         queue_exists = queue_checker(StageQueues.from_settings(settings))
     return run_checks(settings, store=store, load_exports=lambda: load_export_definitions(settings, store),
-                      make_key_provider=lambda: make_key_provider(settings), queue_exists=queue_exists)
+                      make_key_provider=lambda: make_key_provider(settings), queue_exists=queue_exists,
+                      load_definitions=lambda: load_definitions_from_settings(settings, store))
 
 
 def queue_checker(queues: Any) -> Callable[[str], bool]:

@@ -19,6 +19,11 @@ A 429 or other transient failure re-enqueues the message with a visibility delay
 function. One request budget holds across every instance and run (shared/budget.py): PLAN reserves a slot per
 batch and sends each send message with its slot as visibility delay, so the queue releases sends at the budget
 rate; a send re-enqueued (429/5xx, or delivered too late for its slot) reserves a new slot.
+
+Each export goes to the Omnisend brand of its connection (shared/connections.py): every handler that talks to
+Omnisend takes the Context (client, key, breaker) and the request budget of that brand (``brand_of``), so two
+brands never share a budget, a key cache or a circuit breaker. Storage-only work uses ``ctx`` (the stores are
+shared by every brand).
 """
 
 from __future__ import annotations
@@ -106,7 +111,9 @@ class Orchestrator:
                  unsent_give_up_seconds: float = VERIFY_UNSENT_GIVE_UP_SECONDS,
                  pacer: BudgetPacer | None = None,
                  late_tolerance: float = LATE_TOLERANCE_SECONDS,
-                 release_lead: float = SEND_RELEASE_LEAD_SECONDS) -> None:
+                 release_lead: float = SEND_RELEASE_LEAD_SECONDS,
+                 brand_of: Callable[[ExportDefinition], tuple[pipeline.Context, BudgetPacer | None]] | None = None,
+                 ) -> None:
         self.ctx = ctx
         self.queues = queues
         self.load_exports = load_exports
@@ -120,6 +127,20 @@ class Orchestrator:
         self.pacer = pacer
         self.late_tolerance = late_tolerance
         self.release_lead = release_lead
+        # The Context and budget of an export's brand when it names a connection; ``ctx`` and ``pacer`` are those
+        # of the implicit default connection (a file without connections), and every export's when this is None.
+        self.brand_of = brand_of
+
+    def _brand(self, export: ExportDefinition) -> tuple[pipeline.Context, BudgetPacer | None]:
+        """The Context (client) and request budget of the brand ``export`` goes to."""
+        if self.brand_of is None or export.resolved_connection.implicit:
+            return self.ctx, self.pacer
+        return self.brand_of(export)
+
+    def _brand_by_name(self, export_name: str) -> tuple[pipeline.Context, BudgetPacer | None]:
+        if self.brand_of is None:
+            return self.ctx, self.pacer
+        return self._brand(find_export(self.load_exports(), export_name))
 
     # ------------------------------------------------------------------------------------------ starting runs
 
@@ -133,10 +154,11 @@ class Orchestrator:
             export = find_export(exports, export_name)
         except FailRun:
             return 404, {"error": f"unknown export {excerpt(export_name)!r}", "exports": [e.name for e in exports]}
+        ctx, _ = self._brand(export)
         if options.dry_run:
-            return 200, pipeline.dry_run(self.ctx, export, options)
+            return 200, pipeline.dry_run(ctx, export, options)
         try:
-            started = pipeline.start_run(self.ctx, export, options)
+            started = pipeline.start_run(ctx, export, options)
         except ExportNotRunnable as exc:
             return 409, {"error": str(exc)}
         except FailRun as exc:  # unreadable snapshot and the like
@@ -175,7 +197,7 @@ class Orchestrator:
             if not (export.enabled and export.transfer_acknowledged):
                 continue
             try:
-                run = pipeline.start_run(self.ctx, export, pipeline.RunOptions(trigger="timer"))
+                run = pipeline.start_run(self._brand(export)[0], export, pipeline.RunOptions(trigger="timer"))
             except FailRun as exc:
                 log.error("timer export=%s could not start: %s", export.name, exc)
                 continue
@@ -238,9 +260,10 @@ class Orchestrator:
         try:
             # Before any send is queued: a refused key, a wrong URL or an unreachable Omnisend stop the run here
             # (one or two requests) instead of once per queued batch.
-            if not self._preflight(export.name, message):
+            ctx, pacer = self._brand(export)
+            if not self._preflight(ctx, export.name, message):
                 return {"requeued": "preflight"}
-            manifest = pipeline.plan(self.ctx, export, message.run_id)
+            manifest = pipeline.plan(ctx, export, message.run_id)
         except FailRun as exc:
             pipeline.fail_run(self.ctx, export.name, message.run_id, exc)
             log.error("plan export=%s runId=%s failed: %s", export.name, message.run_id, exc)
@@ -250,9 +273,9 @@ class Orchestrator:
         to_send = [n for n in range(1, total + 1) if n not in done and n not in attempts]
         t0 = time.perf_counter()
         # One reservation for the whole run: each send message becomes visible at its slot of the brand's budget.
-        slots = self.pacer.budget.reserve(len(to_send)) if self.pacer else [None] * len(to_send)
+        slots = pacer.budget.reserve(len(to_send)) if pacer else [None] * len(to_send)
         with ThreadPoolExecutor(ENQUEUE_THREADS) as pool:
-            list(pool.map(lambda n, slot: self._send_at(StageMessage(export.name, message.run_id, n), slot),
+            list(pool.map(lambda n, slot: self._send_at(StageMessage(export.name, message.run_id, n), slot, pacer),
                           to_send, slots))
         for first in range(1, total + 1, VERIFY_GROUP_SIZE):
             last = min(total, first + VERIFY_GROUP_SIZE - 1)
@@ -265,12 +288,12 @@ class Orchestrator:
             self._finalise(export, message.run_id)
         return manifest
 
-    def _preflight(self, export: str, message: StageMessage) -> bool:
+    def _preflight(self, ctx: pipeline.Context, export: str, message: StageMessage) -> bool:
         """False when the plan message was put back for later: no answer from Omnisend yet, and this instance's
         circuit breaker has not decided (it opens after BREAKER_MIN_SECONDS, raising OmnisendUnreachable). A
         429/5xx proves nothing either way: planning goes on and the sends retry as usual."""
         try:
-            preflight(self.ctx, export, message.run_id)
+            preflight(ctx, export, message.run_id)
         except RetryLater as exc:
             if exc.status is None and message.attempt < PREFLIGHT_MAX_REQUEUES:
                 self.queues.send(names.PLAN_QUEUE, message.retried(), delay_seconds=self.preflight_retry_delay)
@@ -280,7 +303,7 @@ class Orchestrator:
             log.warning("plan export=%s runId=%s: preflight inconclusive, going on: %s", export, message.run_id, exc)
         return True
 
-    def _send_at(self, message: StageMessage, slot: float | None) -> None:
+    def _send_at(self, message: StageMessage, slot: float | None, pacer: BudgetPacer | None) -> None:
         """Enqueue a send message to become visible at ``slot`` (epoch seconds; None: now). The delay is rounded
         down (visibility is whole seconds): on_send sleeps the fraction left."""
         if slot is None:
@@ -288,26 +311,26 @@ class Orchestrator:
             return
         timed = StageMessage(message.export, message.run_id, message.batch, message.attempt,
                              {**message.extra, "slot": round(slot, 3)})
-        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.release_lead - self.pacer.budget.clock())))
+        delay = min(MAX_DELAY_SECONDS, max(0, int(slot - self.release_lead - pacer.budget.clock())))
         self.queues.send(names.SEND_QUEUE, timed, delay_seconds=delay)
 
-    def _slot_or_reschedule(self, message: StageMessage) -> float | None | str:
+    def _slot_or_reschedule(self, message: StageMessage, pacer: BudgetPacer | None) -> float | None | str:
         """The slot this delivery may use; or "rescheduled" when it went back to the queue for a slot: too late for
         its own (a crashed instance's message, a backlog) or far too early."""
         slot = message.extra.get("slot")
-        if self.pacer is None or slot is None:
+        if pacer is None or slot is None:
             return None  # no slot: the client takes one from the budget at request time
-        now = self.pacer.budget.clock()
+        now = pacer.budget.clock()
         if now - slot > self.late_tolerance:
-            fresh = self.pacer.budget.reserve(1)[0]
+            fresh = pacer.budget.reserve(1)[0]
             if fresh - now <= self.late_tolerance:
                 # The send lane is idle (instances slower than the budget, or a backlog drained): run on the fresh
                 # slot now. Re-queuing here would only make the next delivery late again, for ever.
                 return float(fresh)
-            self._send_at(message, fresh)
+            self._send_at(message, fresh, pacer)
             return "rescheduled"
         if slot - now > MAX_EARLY_SLEEP_SECONDS + self.release_lead:
-            self._send_at(message, slot)
+            self._send_at(message, slot, pacer)
             return "rescheduled"
         return float(slot)
 
@@ -316,22 +339,23 @@ class Orchestrator:
         paths = RunPaths(export, run_id)
         if self._stopped(paths):
             return "run-stopped"  # a bad key stopped the run: do not keep knocking with it
-        slot = self._slot_or_reschedule(message)
+        ctx, pacer = self._brand_by_name(export)
+        slot = self._slot_or_reschedule(message, pacer)
         if slot == "rescheduled":
             return "rescheduled"
         try:
             if slot is None:
-                outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+                outcome = pipeline.send_batch(ctx, export, run_id, n)
             else:
                 # The POST uses the slot this message was released for, or none if that slot is missed by then.
-                with self.pacer.prepaid(slot, self.late_tolerance):
-                    outcome = pipeline.send_batch(self.ctx, export, run_id, n)
+                with pacer.prepaid(slot, self.late_tolerance):
+                    outcome = pipeline.send_batch(ctx, export, run_id, n)
         except (SlotMissed, BudgetBusy):
             # The budget had no slot for this POST: nothing reached Omnisend, so it is not an attempt either.
-            if self.pacer is None:
+            if pacer is None:
                 self.queues.send(names.SEND_QUEUE, message, delay_seconds=self.verify_delay or 1)
             else:
-                self._send_at(message, self.pacer.budget.reserve(1)[0])
+                self._send_at(message, pacer.budget.reserve(1)[0], pacer)
             return "rescheduled"
         except STOPS_THE_RUN as exc:
             # The same for every batch of the run: it is marked stopped once; its later messages end without a
@@ -346,11 +370,11 @@ class Orchestrator:
                 return "failed"
             backoff = self.send_backoff[min(message.attempt, len(self.send_backoff) - 1)]
             delay = max(exc.retry_after or 0, backoff)
-            if self.pacer is None:
+            if pacer is None:
                 self.queues.send(names.SEND_QUEUE, message.retried(), delay_seconds=int(delay))
             else:  # a retry is a new request: it takes a new slot of the budget, no earlier than the back-off
-                self._send_at(message.retried(), self.pacer.budget.reserve(
-                    1, not_before=self.pacer.budget.clock() + delay)[0])
+                self._send_at(message.retried(), pacer.budget.reserve(1, not_before=pacer.budget.clock() + delay)[0],
+                              pacer)
             log.warning("send export=%s runId=%s batch=%d retry in %ss: %s", export, run_id, n, int(delay), exc)
             return "requeued"
         if outcome == "claimed-elsewhere":
@@ -391,7 +415,7 @@ class Orchestrator:
                       rounds: int) -> pipeline.VerifyOutcome | None:
         export, run_id = paths.export, paths.run_id
         try:
-            outcome = pipeline.verify(self.ctx, export, run_id, list(range(first, last + 1)),
+            outcome = pipeline.verify(self._brand_by_name(export)[0], export, run_id, list(range(first, last + 1)),
                                       confirm_within=self.verify_confirm_seconds)
         except RetryLater as exc:
             self._requeue_verify(message, rounds, max(exc.retry_after or 0, self.verify_delay))
@@ -504,7 +528,7 @@ class Orchestrator:
             return "run-stopped"
         if message.extra.get("kind") == "untag":
             try:
-                pipeline.untag_chunk(self.ctx, export, message.run_id, message.batch,
+                pipeline.untag_chunk(self._brand(export)[0], export, message.run_id, message.batch,
                                      give_up=message.attempt >= UNTAG_MAX_REQUEUES)
             except RetryLater as exc:
                 backoff = self.send_backoff[min(message.attempt, len(self.send_backoff) - 1)]
@@ -531,7 +555,7 @@ class Orchestrator:
 
     def _finalise(self, export: ExportDefinition, run_id: str, requeue: bool = False) -> dict[str, Any] | None:
         try:
-            return pipeline.finalise(self.ctx, export, run_id, requeue=requeue,
+            return pipeline.finalise(self._brand(export)[0], export, run_id, requeue=requeue,
                                      queue_chunks=lambda chunks: self._queue_chunks(export.name, run_id, chunks))
         except pipeline.FinaliseBusy as exc:
             # Someone holds the step. If it dies, its claim expires: look again then (it is a no-op if it finished).

@@ -44,6 +44,10 @@ ENV_NAMES = (
     "AUTH_ENABLED",
     "ALLOW_FUNCTION_KEY_ADMIN",
 )
+# Connections (shared/connections.py) may name an environment variable holding their brand's key ("apiKeyEnv"):
+# Settings reads every variable with this prefix, and nothing else, so a definitions file can only point at an
+# Omnisend key, never at another secret of the process.
+API_KEY_ENV_PREFIX = "OMNISEND_API_KEY_"
 # Only meaningful on a developer machine or in tests; a deployment does not set them (the key comes from Key Vault,
 # storage is identity-based, the base URL is Omnisend's).
 LOCAL_ONLY_SETTINGS = ("LOCAL_STORAGE_ROOT", "AzureWebJobsStorage", "OMNISEND_API_KEY", "OMNISEND_BASE_URL")
@@ -61,7 +65,7 @@ DEFAULT_EXPORT_SCHEDULE = "0 5 * * * *"  # NCRONTAB, UTC: hourly at minute 5.
 OMNISEND_DOMAIN = "omnisend.com"
 LOOPBACK_NAMES = ("localhost",)
 # Fields of Settings whose value is a secret, or may hold one (an account key, a SAS token): never in a repr.
-_SECRET_FIELDS = frozenset({"omnisend_api_key", "storage_connection_string"})
+_SECRET_FIELDS = frozenset({"omnisend_api_key", "storage_connection_string", "omnisend_api_keys"})
 _URL_FIELDS = frozenset({"blob_service_uri", "queue_service_uri", "source_blob_service_uri", "key_vault_url"})
 
 
@@ -148,13 +152,17 @@ class Settings:
         if self.allow_function_key_admin is None:
             return not self.auth_enabled
         return self.allow_function_key_admin
+    # OMNISEND_API_KEY_<SUFFIX> variables (name -> key): the keys of connections that give "apiKeyEnv" (local runs).
+    omnisend_api_keys: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
     def __repr__(self) -> str:
         """Every setting, secrets and connection strings as ``***`` and URLs without their query string."""
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if value is not None and f.name in _SECRET_FIELDS:
+            if f.name == "omnisend_api_keys":
+                value = {name: "***" for name in value}
+            elif value is not None and f.name in _SECRET_FIELDS:
                 value = "***"
             elif value is not None and f.name in _URL_FIELDS:
                 value = _redacted_url(value)
@@ -229,6 +237,17 @@ class Settings:
             )
             key = None
 
+        keys: dict[str, str] = {}
+        for name in sorted(env):
+            if name.startswith(API_KEY_ENV_PREFIX) and name not in ENV_NAMES and get(name):
+                value = get(name) or ""
+                if value.startswith(KEY_VAULT_REFERENCE_PREFIX):
+                    problems.append(f"{name} holds an unresolved Key Vault reference: the app's identity cannot read "
+                                    "the secret; fix the reference, or give the connection an apiKeySecret and set "
+                                    "KEY_VAULT_URL")
+                    continue
+                keys[name] = value
+
         kv_url = get("KEY_VAULT_URL")
         if kv_url and not kv_url.startswith("https://"):
             problems.append(f"KEY_VAULT_URL={kv_url!r}: Key Vault URLs start with https://")
@@ -252,6 +271,7 @@ class Settings:
             run_retention_days=retention,
             auth_enabled=bool(auth_enabled),
             allow_function_key_admin=allow_function_key_admin,
+            omnisend_api_keys=keys,
         )
 
 

@@ -27,6 +27,9 @@ START_ONLY_FIELDS = ("host", "port")
 @dataclass
 class SimConfig:
     api_keys: tuple[str, ...] = ("test-key",)
+    # False: every key reaches one brand (one contact list). True: each key is a brand of its own, with its own
+    # contacts (rate limits and batch listings are per key either way), as two Omnisend stores would be.
+    separate_brands: bool = False
     host: str = "127.0.0.1"
     port: int = 0
     supported_versions: tuple[str, ...] = (API_VERSION_2026,)

@@ -95,6 +95,8 @@ class SimCore:
 
     def _clear(self) -> None:
         self.contacts = ContactStore(self.config)
+        # config.separate_brands: the contacts of every key but the first (whose are ``contacts``), by key.
+        self.brand_contacts: dict[str, ContactStore] = {}
         self.batches = BatchStore()
         self.fixed = FixedWindow()
         self.sliding = SlidingWindow()
@@ -129,7 +131,14 @@ class SimCore:
                 self.rng = random.Random(self.config.seed)
             return self.config.to_dict()
 
-    def state(self, include_contacts: bool = True) -> dict[str, Any]:
+    def store_of(self, key: str | None) -> ContactStore:
+        """The contacts a key sees: one store for every key, or with ``separate_brands`` one per key (a brand each;
+        the first key's is ``contacts``). Callers hold the lock."""
+        if not self.config.separate_brands or key is None or key == self.config.api_keys[0]:
+            return self.contacts
+        return self.brand_contacts.setdefault(key, ContactStore(self.config))
+
+    def state(self, include_contacts: bool = True, brand: str | None = None) -> dict[str, Any]:
         with self.lock:
             stats = dict(self.stats)
             stats["requests_by_route"] = dict(stats["requests_by_route"])
@@ -142,12 +151,13 @@ class SimCore:
             stats["tag_operations"] = dict(self.tag_operations)
             state: dict[str, Any] = {"stats": stats, "config": self.config.to_dict()}
             if include_contacts:
-                state["contacts"] = {e: render_state(c) for e, c in self.contacts.by_email.items()}
+                store = self.store_of(brand)
+                state["contacts"] = {e: render_state(c) for e, c in store.by_email.items()}
             return state
 
-    def contact(self, email: str) -> dict[str, Any] | None:
+    def contact(self, email: str, brand: str | None = None) -> dict[str, Any] | None:
         with self.lock:
-            found = self.contacts.by_email.get(email)
+            found = self.store_of(brand).by_email.get(email)
             return render_state(found) if found else None
 
     def seed_contacts(self, specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -302,7 +312,7 @@ class SimCore:
         if errors:
             return _invalid(req.version, errors)
         with self.lock:
-            contact, created = self.contacts.upsert(body, req.version)
+            contact, created = self.store_of(req.key).upsert(body, req.version)
             if req.version == V3:
                 return Response(200, {"email": contact.email, "contactID": contact.id})
             return Response(201 if created else 200, render_2026(contact))
@@ -315,17 +325,18 @@ class SimCore:
         email = _first(req.query, "email")
         phone = _first(req.query, "phone")
         with self.lock:
+            store = self.store_of(req.key)
             if email is not None or phone is not None:
-                found = self.contacts.by_email.get(email) if email is not None else self.contacts.by_phone.get(phone)
+                found = store.by_email.get(email) if email is not None else store.by_phone.get(phone)
                 matches = [found] if found is not None and (phone is None or found.phone == phone) else []
                 more = False
             else:  # unfiltered listing: first page only (no cursor support)
                 matches = []
-                for contact in self.contacts.by_email.values():
+                for contact in store.by_email.values():
                     if len(matches) == limit:
                         break
                     matches.append(contact)
-                more = len(self.contacts.by_email) > limit
+                more = len(store.by_email) > limit
             contacts = [render(c) for c in matches]
         if req.version == V3:
             return Response(
@@ -347,7 +358,7 @@ class SimCore:
         def apply() -> None:
             with self.lock:
                 if generation == self._generation:
-                    self.contacts.tag_operation(body, add)
+                    self.store_of(req.key).tag_operation(body, add)
                     self.tag_operations["added" if add else "removed"] += 1
 
         self.scheduler.at(time.monotonic() + float(self.config.batch_delay), apply)
@@ -435,7 +446,7 @@ class SimCore:
                 self.fail_counts[email] += 1
                 code, response = forced, err.error_body(v, forced, "simulated item failure")
             else:
-                contact, created = self.contacts.upsert(item, v)
+                contact, created = self.store_of(batch.key).upsert(item, v)
                 # Success bodies are kept as tuples and rendered on read (batches.render_result): 100k stored
                 # response dicts would dominate the simulator's memory. 2026 gets a slim ContactResponse.
                 if v == V3:

@@ -91,9 +91,9 @@ def _inspect(core: SimCore, method: str, path: str, query: dict, body: bytes) ->
         data = json.loads(body) if body else None
         if (method, path) == ("GET", "/_sim/state"):
             include = (query.get("contacts") or ["1"])[0] not in ("0", "false")
-            return Response(200, core.state(include_contacts=include))
+            return Response(200, core.state(include_contacts=include, brand=(query.get("brand") or [None])[0]))
         if (method, path) == ("GET", "/_sim/contact"):
-            found = core.contact((query.get("email") or [""])[0])
+            found = core.contact((query.get("email") or [""])[0], brand=(query.get("brand") or [None])[0])
             return Response(200, found) if found else Response(404, {"error": "no such contact"})
         if (method, path) == ("POST", "/_sim/reset"):
             core.reset()
@@ -174,11 +174,12 @@ class Simulator:
     def stats(self) -> dict[str, Any]:
         return self._core.state(include_contacts=False)["stats"]
 
-    def contacts(self) -> dict[str, dict[str, Any]]:
-        return self._core.state()["contacts"]
+    def contacts(self, brand: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every contact; with ``separate_brands``, those of the brand whose key is ``brand`` (default: the first)."""
+        return self._core.state(brand=brand)["contacts"]
 
-    def contact(self, email: str) -> dict[str, Any] | None:
-        return self._core.contact(email)
+    def contact(self, email: str, brand: str | None = None) -> dict[str, Any] | None:
+        return self._core.contact(email, brand=brand)
 
     def seed_contact(
         self,

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from shared import names
+from shared.connections import IMPLICIT_DEFAULT, Connection
 from shared.omnisend import OmnisendClient
 from shared.segments import CsvFormat, Partition, Snapshot
 from shared.settings import Settings
@@ -21,13 +22,15 @@ log = logging.getLogger("exporter")
 
 @dataclass
 class Context:
-    """What every stage needs. Built once per process (CLI) or per function instance (Azure)."""
+    """What every stage needs. Built once per process (CLI) or per function instance (Azure), and once per
+    connection (Omnisend brand): its ``client`` talks to that brand with that brand's key, pacing and breaker."""
 
     settings: Settings
     state_store: ObjectStore
     source_store: ObjectStore
     client_factory: Callable[[], OmnisendClient]
     clock: Callable[[], float] = time.time
+    connection: Connection = IMPLICIT_DEFAULT
     _client: OmnisendClient | None = field(default=None, repr=False)
 
     @property
@@ -38,7 +41,7 @@ class Context:
 
     @property
     def api_version(self) -> str:
-        return self.settings.omnisend_api_version
+        return self.connection.api_version or self.settings.omnisend_api_version
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ def test_an_old_file_loads_unchanged_apart_from_the_default_connection():
     vip = exports[0]
     assert vip.connection == "default"
     assert vip.data_transfer_acknowledged is True
-    assert vip.connection_acknowledged is False
+    assert vip.transfer_acknowledged is True
     ensure_runnable(vip)  # acknowledged per export, as before connections
 
 
@@ -153,7 +153,7 @@ def test_a_connection_acknowledgement_lets_its_exports_run():
 
 def test_an_export_level_acknowledgement_still_counts_on_an_unacknowledged_connection():
     vip_us = load_definitions_file(fixture("two_brands.json")).exports[1]
-    assert vip_us.connection_acknowledged is False
+    assert vip_us.resolved_connection.data_transfer_acknowledged is False
     ensure_runnable(vip_us)
 
 
@@ -241,6 +241,22 @@ def test_a_key_pasted_into_the_definitions_is_refused_without_repeating_it():
 def test_a_display_name_over_100_characters_is_an_error():
     assert problems_in(document([eu_store(displayName="x" * 101)])) == [
         "connections[0].displayName: 101 characters; use at most 100"
+    ]
+
+
+def test_api_key_env_may_not_name_another_setting():
+    assert problems_in(document([eu_store(apiKeyEnv="OMNISEND_API_KEY_SECRET_NAME")])) == [
+        "connections[0].apiKeyEnv: OMNISEND_API_KEY_SECRET_NAME is a setting of its own, not a key: name the variable "
+        "holding the key"
+    ]
+
+
+def test_two_connections_on_one_key_are_an_error_since_budgets_are_per_connection():
+    text = document([eu_store(), eu_store(name="eu-outlet", displayName="EU outlet")])
+    assert problems_in(text) == [
+        'connections[1].apiKeySecret: "omnisend-eu-key" is also used by connections[0]: one brand, one connection '
+        "(each connection has its own request budget, so two on one key could together exceed the brand's 400 "
+        "requests a minute)"
     ]
 
 
