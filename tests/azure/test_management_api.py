@@ -51,14 +51,23 @@ ROUTES = {  # (method, route template) -> the app's function; checked against th
 
 
 def export_body(name: str, source_container: str, **extra) -> dict:
-    return {"name": name, "source": {"container": source_container, "path": sample_data.EXPORT_PATH,
-                                     "table": sample_data.TABLE},
-            "mapping": {"email": "EMail"}, "tags": ["ci-vip"], **extra}
+    return {
+        "name": name,
+        "source": {"container": source_container, "path": sample_data.EXPORT_PATH, "table": sample_data.TABLE},
+        "mapping": {"email": "EMail"},
+        "tags": ["ci-vip"],
+        **extra,
+    }
 
 
 def connection_body(name: str, **extra) -> dict:
-    return {"name": name, "displayName": f"Store {name}", "apiKeySecret": f"omnisend-{name}-key",
-            "dataTransferAcknowledged": True, **extra}
+    return {
+        "name": name,
+        "displayName": f"Store {name}",
+        "apiKeySecret": f"omnisend-{name}-key",
+        "dataTransferAcknowledged": True,
+        **extra,
+    }
 
 
 class Api:
@@ -77,21 +86,25 @@ class Api:
                 config.create_container()
         if document is not None:
             self.write_document(document)
-        self.settings = Settings(storage_connection_string=azurite, omnisend_api_key=KEY,
-                                 exports_config=f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{self.config_blob}",
-                                 **{"auth_enabled": True, **settings})
+        self.settings = Settings(
+            storage_connection_string=azurite,
+            omnisend_api_key=KEY,
+            exports_config=f"{names.BLOB_CONFIG_PREFIX}{names.CONFIG_CONTAINER}/{self.config_blob}",
+            **{"auth_enabled": True, **settings},
+        )
         self.queue_prefix = queue_prefix + "-"
         stage_queues = StageQueues.from_connection_string(azurite)
         stage_queues.ensure_queues([self.queue_prefix + q for q in names.STAGE_QUEUES])
         self.queue_service = stage_queues
         function_app._orchestrator = build_orchestrator(
-            self.settings, queues=PrefixedQueues(stage_queues, self.queue_prefix),
-            key_provider=StaticKeyProvider(KEY))
+            self.settings, queues=PrefixedQueues(stage_queues, self.queue_prefix), key_provider=StaticKeyProvider(KEY)
+        )
         self.tmp_path = tmp_path
 
     def write_document(self, document: dict) -> None:
         self.blobs.get_blob_client(names.CONFIG_CONTAINER, self.config_blob).upload_blob(
-            json.dumps(document, indent=2), overwrite=True)
+            json.dumps(document, indent=2), overwrite=True
+        )
 
     def document(self) -> bytes:
         return self.blobs.get_blob_client(names.CONFIG_CONTAINER, self.config_blob).download_blob().readall()
@@ -110,27 +123,46 @@ class Api:
     def plan_messages(self) -> int:
         from azure.storage.queue import QueueClient
 
-        client = QueueClient.from_connection_string(self.settings.storage_connection_string,
-                                                    self.queue_prefix + names.PLAN_QUEUE)
+        client = QueueClient.from_connection_string(
+            self.settings.storage_connection_string, self.queue_prefix + names.PLAN_QUEUE
+        )
         return client.get_queue_properties().approximate_message_count
 
     def runs(self, export: str) -> list[str]:
-        return [b.name for b in self.blobs.get_container_client(names.RUNS_CONTAINER)
-                .list_blobs(name_starts_with=f"{export}/")] if self.blobs.get_container_client(
-                    names.RUNS_CONTAINER).exists() else []
+        return (
+            [
+                b.name
+                for b in self.blobs.get_container_client(names.RUNS_CONTAINER).list_blobs(name_starts_with=f"{export}/")
+            ]
+            if self.blobs.get_container_client(names.RUNS_CONTAINER).exists()
+            else []
+        )
 
-    def call(self, method: str, path: str, *, role: str | None | tuple = ADMIN, body=None,
-             headers: dict | None = None, params: dict | None = None) -> func.HttpResponse:
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        role: str | None | tuple = ADMIN,
+        body=None,
+        headers: dict | None = None,
+        params: dict | None = None,
+    ) -> func.HttpResponse:
         """``role``: the signed-in caller's app role(s); None for a request with the function key only."""
         route, route_params = _match(method, path)
         all_headers = dict(headers or {})
         if role is not None:
             roles = (role,) if isinstance(role, str) else role
-            all_headers["X-MS-CLIENT-PRINCIPAL"] = encode_principal(f"{'-'.join(roles) or 'nobody'}@example.com",
-                                                                    roles)
+            all_headers["X-MS-CLIENT-PRINCIPAL"] = encode_principal(f"{'-'.join(roles) or 'nobody'}@example.com", roles)
         data = body if isinstance(body, bytes) else (b"" if body is None else json.dumps(body).encode())
-        request = func.HttpRequest(method, f"http://localhost/api/{path}", headers=all_headers, params=params or {},
-                                   route_params=route_params, body=data)
+        request = func.HttpRequest(
+            method,
+            f"http://localhost/api/{path}",
+            headers=all_headers,
+            params=params or {},
+            route_params=route_params,
+            body=data,
+        )
         return ROUTES[(method, route)]._function.get_user_function()(request)
 
     def cleanup(self) -> None:
@@ -147,8 +179,11 @@ def _match(method: str, path: str) -> tuple[str, dict[str, str]]:
     parts = path.split("/")
     for m, route in ROUTES:
         template = route.split("/")
-        if m == method and len(template) == len(parts) and all(
-                t.startswith("{") or t == p for t, p in zip(template, parts, strict=True)):
+        if (
+            m == method
+            and len(template) == len(parts)
+            and all(t.startswith("{") or t == p for t, p in zip(template, parts, strict=True))
+        ):
             return route, {t[1:-1]: p for t, p in zip(template, parts, strict=True) if t.startswith("{")}
     raise AssertionError(f"no route for {method} {path}")
 
@@ -159,9 +194,13 @@ def answer(response: func.HttpResponse) -> dict:
 
 def two_brands(source_container: str, eu: str = "vip-eu", us: str = "vip-us") -> dict:
     """Two connections: eu-store lets operators use it (without forcing), us-store is for admins only."""
-    return {"connections": [connection_body("eu-store", allowedRoles=[OPERATOR]), connection_body("us-store")],
-            "exports": [export_body(eu, source_container, connection="eu-store"),
-                        export_body(us, source_container, connection="us-store")]}
+    return {
+        "connections": [connection_body("eu-store", allowedRoles=[OPERATOR]), connection_body("us-store")],
+        "exports": [
+            export_body(eu, source_container, connection="eu-store"),
+            export_body(us, source_container, connection="us-store"),
+        ],
+    }
 
 
 @pytest.fixture
@@ -191,8 +230,9 @@ def test_a_saved_export_gets_an_etag_and_is_not_run(make_api):
     api = make_api({"exports": []})
     api.upload_segment()
 
-    response = api.call("PUT", f"exports/{api.eu}", body=export_body(api.eu, api.source_container,
-                                                                        dataTransferAcknowledged=True))
+    response = api.call(
+        "PUT", f"exports/{api.eu}", body=export_body(api.eu, api.source_container, dataTransferAcknowledged=True)
+    )
 
     assert response.status_code == 201
     etag = response.headers["ETag"]
@@ -209,8 +249,13 @@ def test_a_saved_export_gets_an_etag_and_is_not_run(make_api):
 def test_an_invalid_export_gets_every_problem_at_once_and_changes_nothing(make_api):
     api = make_api({"exports": [export_body("vip", "ciexports")]})
     before = api.document()
-    bad = {"source": {"container": "ciexports", "path": "p", "table": "T"}, "mapping": {"firstName": "First"},
-           "tags": ["not a tag!"], "onExit": "explode", "colour": "blue"}
+    bad = {
+        "source": {"container": "ciexports", "path": "p", "table": "T"},
+        "mapping": {"firstName": "First"},
+        "tags": ["not a tag!"],
+        "onExit": "explode",
+        "colour": "blue",
+    }
 
     response = api.call("PUT", "exports/new-one", body=bad)
 
@@ -236,12 +281,20 @@ def test_changing_an_export_without_if_match_is_428_and_changes_nothing(make_api
 def test_a_stale_if_match_is_412_and_changes_nothing(make_api):
     api = make_api({"exports": [export_body("vip", "ciexports")]})
     stale = api.call("GET", "exports/vip").headers["ETag"]
-    assert api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["first-change"]),
-                    headers={"If-Match": stale}).status_code == 200
+    assert (
+        api.call(
+            "PUT",
+            "exports/vip",
+            body=export_body("vip", "ciexports", tags=["first-change"]),
+            headers={"If-Match": stale},
+        ).status_code
+        == 200
+    )
     after_first = api.document()
 
-    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["second-change"]),
-                        headers={"If-Match": stale})
+    response = api.call(
+        "PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["second-change"]), headers={"If-Match": stale}
+    )
 
     assert response.status_code == 412
     assert api.document() == after_first
@@ -260,11 +313,16 @@ def test_a_change_to_another_export_does_not_make_an_etag_stale(make_api):
     api = make_api({"exports": [export_body("vip", "ciexports"), export_body("churn", "ciexports")]})
     etag = api.call("GET", "exports/vip").headers["ETag"]
     churn = api.call("GET", "exports/churn").headers["ETag"]
-    assert api.call("PUT", "exports/churn", body=export_body("churn", "ciexports", enabled=False),
-                    headers={"If-Match": churn}).status_code == 200
+    assert (
+        api.call(
+            "PUT", "exports/churn", body=export_body("churn", "ciexports", enabled=False), headers={"If-Match": churn}
+        ).status_code
+        == 200
+    )
 
-    response = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["ok"]),
-                        headers={"If-Match": etag})
+    response = api.call(
+        "PUT", "exports/vip", body=export_body("vip", "ciexports", tags=["ok"]), headers={"If-Match": etag}
+    )
 
     assert response.status_code == 200
 
@@ -299,8 +357,10 @@ def test_deleting_an_export_with_purge_state_removes_its_runs_and_state(make_api
     api = make_api(None)
     export = f"vip-{api.id}"
     api.write_document({"exports": [export_body(export, "ciexports"), export_body("churn", "ciexports")]})
-    blobs = {names.RUNS_CONTAINER: f"{export}/runs/r-000000000000/report.json",
-             names.STATE_CONTAINER: f"{export}/state/members.bin"}
+    blobs = {
+        names.RUNS_CONTAINER: f"{export}/runs/r-000000000000/report.json",
+        names.STATE_CONTAINER: f"{export}/state/members.bin",
+    }
     for container, blob in blobs.items():
         client = api.blobs.get_container_client(container)
         if not client.exists():
@@ -393,8 +453,11 @@ def test_an_invalid_connection_gets_every_problem_at_once_and_changes_nothing(ma
     api = make_api(two_brands("ciexports"))
     before = api.document()
 
-    response = api.call("PUT", "connections/third", body={"name": "third", "requestsPerMinute": 5000,
-                                                          "allowedRoles": ["Exports.Everyone"]})
+    response = api.call(
+        "PUT",
+        "connections/third",
+        body={"name": "third", "requestsPerMinute": 5000, "allowedRoles": ["Exports.Everyone"]},
+    )
 
     assert response.status_code == 400
     problems = answer(response)["problems"]
@@ -411,8 +474,12 @@ def test_an_old_single_brand_file_keeps_working_unchanged(make_api):
 
     connections = answer(api.call("GET", "connections", role=READER))["connections"]
     etag = api.call("GET", "exports/vip").headers["ETag"]
-    saved = api.call("PUT", "exports/vip", body=export_body("vip", "ciexports", dataTransferAcknowledged=True,
-                                                             tags=["ci-vip", "more"]), headers={"If-Match": etag})
+    saved = api.call(
+        "PUT",
+        "exports/vip",
+        body=export_body("vip", "ciexports", dataTransferAcknowledged=True, tags=["ci-vip", "more"]),
+        headers={"If-Match": etag},
+    )
 
     assert [(c["name"], c["implicit"]) for c in connections] == [("default", True)]
     assert saved.status_code == 200
@@ -434,10 +501,16 @@ def brands_api(make_api, **connection_options) -> Api:
     return api
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "exports"), ("GET", "exports/{eu}"), ("GET", "connections"), ("GET", "connections/eu-store"),
-    ("GET", "audit"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "exports"),
+        ("GET", "exports/{eu}"),
+        ("GET", "connections"),
+        ("GET", "connections/eu-store"),
+        ("GET", "audit"),
+    ],
+)
 @pytest.mark.parametrize("role", [ADMIN, OPERATOR, READER])
 def test_every_role_reads_definitions_and_the_audit_log(make_api, method, path, role):
     api = brands_api(make_api)
@@ -445,22 +518,28 @@ def test_every_role_reads_definitions_and_the_audit_log(make_api, method, path, 
     assert api.call(method, path.format(eu=api.eu), role=role).status_code == 200
 
 
-@pytest.mark.parametrize(("method", "path", "body"), [
-    ("POST", "exports/{eu}/runs", None),
-    ("PUT", "exports/{eu}", "export"),
-    ("DELETE", "exports/{eu}", None),
-    ("PUT", "connections/eu-store", "connection"),
-    ("DELETE", "connections/us-store", None),
-    ("POST", "forget", {"emails": ["someone@example.com"]}),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "exports/{eu}/runs", None),
+        ("PUT", "exports/{eu}", "export"),
+        ("DELETE", "exports/{eu}", None),
+        ("PUT", "connections/eu-store", "connection"),
+        ("DELETE", "connections/us-store", None),
+        ("POST", "forget", {"emails": ["someone@example.com"]}),
+    ],
+)
 def test_a_reader_cannot_change_or_run_anything(make_api, method, path, body):
     api = brands_api(make_api)
     before = api.document()
-    bodies = {"export": export_body(api.eu, api.source_container, connection="eu-store"),
-              "connection": connection_body("eu-store")}
+    bodies = {
+        "export": export_body(api.eu, api.source_container, connection="eu-store"),
+        "connection": connection_body("eu-store"),
+    }
 
-    response = api.call(method, path.format(eu=api.eu), role=READER,
-                        body=bodies[body] if isinstance(body, str) else body)
+    response = api.call(
+        method, path.format(eu=api.eu), role=READER, body=bodies[body] if isinstance(body, str) else body
+    )
 
     assert response.status_code == 403
     assert "Exports." in answer(response)["error"]
@@ -514,25 +593,34 @@ def test_an_operator_may_force_when_the_connection_allows_it(make_api):
 def test_an_operator_saves_an_export_on_an_allowed_connection(make_api):
     api = brands_api(make_api)
 
-    response = api.call("PUT", "exports/new-eu", role=OPERATOR,
-                        body=export_body("new-eu", api.source_container, connection="eu-store"))
+    response = api.call(
+        "PUT", "exports/new-eu", role=OPERATOR, body=export_body("new-eu", api.source_container, connection="eu-store")
+    )
 
     assert response.status_code == 201
 
 
-@pytest.mark.parametrize(("name", "connection"), [
-    ("new-us", "us-store"),  # a new export on an admins-only connection
-    ("{us}", "us-store"),  # changing an export of an admins-only connection
-    ("{eu}", "us-store"),  # moving an allowed export to an admins-only connection
-])
+@pytest.mark.parametrize(
+    ("name", "connection"),
+    [
+        ("new-us", "us-store"),  # a new export on an admins-only connection
+        ("{us}", "us-store"),  # changing an export of an admins-only connection
+        ("{eu}", "us-store"),  # moving an allowed export to an admins-only connection
+    ],
+)
 def test_an_operator_cannot_touch_a_connection_not_allowed_to_it(make_api, name, connection):
     api = brands_api(make_api)
     name = name.format(eu=api.eu, us=api.us)
     before = api.document()
     etag = api.call("GET", f"exports/{name}").headers.get("ETag")
 
-    response = api.call("PUT", f"exports/{name}", role=OPERATOR, headers={"If-Match": etag} if etag else {},
-                        body=export_body(name, api.source_container, connection=connection))
+    response = api.call(
+        "PUT",
+        f"exports/{name}",
+        role=OPERATOR,
+        headers={"If-Match": etag} if etag else {},
+        body=export_body(name, api.source_container, connection=connection),
+    )
 
     assert response.status_code == 403 and "us-store" in answer(response)["error"]
     assert api.document() == before
@@ -578,7 +666,10 @@ def test_without_authentication_the_principal_header_is_ignored_and_the_key_is_a
 
     assert response.status_code == 201
     assert answer(api.call("GET", "audit"))["records"][0]["who"] == {
-        "name": "function key", "via": "function-key", "roles": [ADMIN]}
+        "name": "function key",
+        "via": "function-key",
+        "roles": [ADMIN],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ audit
@@ -587,8 +678,13 @@ def test_without_authentication_the_principal_header_is_ignored_and_the_key_is_a
 def test_the_audit_log_records_every_change_newest_first(make_api):
     api = brands_api(make_api)
     etag = api.call("GET", f"exports/{api.eu}").headers["ETag"]
-    api.call("PUT", f"exports/{api.eu}", role=OPERATOR, headers={"If-Match": etag},
-             body=export_body(api.eu, api.source_container, connection="eu-store", tags=["changed"]))
+    api.call(
+        "PUT",
+        f"exports/{api.eu}",
+        role=OPERATOR,
+        headers={"If-Match": etag},
+        body=export_body(api.eu, api.source_container, connection="eu-store", tags=["changed"]),
+    )
     api.call("PUT", "connections/third", body=connection_body("third"))
     third = api.call("GET", "connections/third").headers["ETag"]
     api.call("DELETE", "connections/third", headers={"If-Match": third})
@@ -597,7 +693,10 @@ def test_the_audit_log_records_every_change_newest_first(make_api):
     records = answer(api.call("GET", "audit", role=READER))["records"]
 
     assert [(r["action"], r["kind"], r["name"]) for r in records] == [
-        ("delete", "connection", "third"), ("put", "connection", "third"), ("put", "export", api.eu)]
+        ("delete", "connection", "third"),
+        ("put", "connection", "third"),
+        ("put", "export", api.eu),
+    ]
     change = records[2]
     assert change["who"]["name"] == f"{OPERATOR}@example.com" and change["who"]["roles"] == [OPERATOR]
     assert change["before"]["tags"] == ["ci-vip"] and change["after"]["tags"] == ["changed"]
@@ -665,9 +764,28 @@ def test_two_concurrent_puts_from_two_processes_one_wins_the_other_gets_412(make
     writers = []
     for tag in ("writer-a", "writer-b"):
         ready = tmp_path / f"{tag}.ready"
-        writers.append((ready, subprocess.Popen(
-            [sys.executable, "-c", WRITER, api.settings.storage_connection_string, api.settings.exports_config,
-             "vip", etag, tag, str(ready), str(go)], cwd=REPO, stdout=subprocess.PIPE, text=True)))
+        writers.append(
+            (
+                ready,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        WRITER,
+                        api.settings.storage_connection_string,
+                        api.settings.exports_config,
+                        "vip",
+                        etag,
+                        tag,
+                        str(ready),
+                        str(go),
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                ),
+            )
+        )
     deadline = time.monotonic() + 120
     while not all(ready.exists() for ready, _ in writers) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -686,8 +804,12 @@ def test_two_concurrent_puts_from_two_processes_one_wins_the_other_gets_412(make
 def test_an_operator_cannot_give_the_privacy_acknowledgement(make_api):
     api = brands_api(make_api)
 
-    response = api.call("PUT", "exports/new-eu", role=OPERATOR, body=export_body(
-        "new-eu", api.source_container, connection="eu-store", dataTransferAcknowledged=True))
+    response = api.call(
+        "PUT",
+        "exports/new-eu",
+        role=OPERATOR,
+        body=export_body("new-eu", api.source_container, connection="eu-store", dataTransferAcknowledged=True),
+    )
 
     assert response.status_code == 403 and "dataTransferAcknowledged" in answer(response)["error"]
 
@@ -696,8 +818,12 @@ def test_what_a_get_adds_may_be_sent_back_unchanged(make_api):
     api = brands_api(make_api)
     fetched = api.call("GET", "connections/eu-store")
 
-    response = api.call("PUT", "connections/eu-store", body={**answer(fetched), "displayName": "EU shop"},
-                        headers={"If-Match": fetched.headers["ETag"]})
+    response = api.call(
+        "PUT",
+        "connections/eu-store",
+        body={**answer(fetched), "displayName": "EU shop"},
+        headers={"If-Match": fetched.headers["ETag"]},
+    )
 
     assert response.status_code == 200
     stored = json.loads(api.document())["connections"][0]

@@ -20,8 +20,13 @@ def principal(claims: list[dict], **extra) -> str:
 
 
 def test_roles_come_from_the_roles_claims():
-    header = principal([{"typ": "roles", "val": OPERATOR}, {"typ": "roles", "val": READER},
-                        {"typ": "preferred_username", "val": "ana@example.com"}])
+    header = principal(
+        [
+            {"typ": "roles", "val": OPERATOR},
+            {"typ": "roles", "val": READER},
+            {"typ": "preferred_username", "val": "ana@example.com"},
+        ]
+    )
 
     caller = caller_from_headers({"X-MS-CLIENT-PRINCIPAL": header}, AUTH_ON)
 
@@ -41,8 +46,10 @@ def test_roles_of_other_apps_are_ignored():
     assert caller_from_headers({"X-MS-CLIENT-PRINCIPAL": header}, AUTH_ON).roles == frozenset()
 
 
-@pytest.mark.parametrize("header", ["not base64!", base64.b64encode(b"[1, 2]").decode(),
-                                    base64.b64encode(b'{"claims": "x"}').decode(), "A" * 100_000])
+@pytest.mark.parametrize(
+    "header",
+    ["not base64!", base64.b64encode(b"[1, 2]").decode(), base64.b64encode(b'{"claims": "x"}').decode(), "A" * 100_000],
+)
 def test_an_unreadable_principal_has_no_role(header):
     assert caller_from_headers({"X-MS-CLIENT-PRINCIPAL": header}, AUTH_ON).roles == frozenset()
 
@@ -53,9 +60,16 @@ def test_the_header_is_ignored_while_authentication_is_off():
     assert caller.via == "function-key" and caller.roles == {ADMIN}
 
 
-@pytest.mark.parametrize(("auth", "allow", "roles"), [
-    (False, None, {ADMIN}), (True, None, set()), (True, True, {ADMIN}), (True, False, set()), (False, False, set()),
-])
+@pytest.mark.parametrize(
+    ("auth", "allow", "roles"),
+    [
+        (False, None, {ADMIN}),
+        (True, None, set()),
+        (True, True, {ADMIN}),
+        (True, False, set()),
+        (False, False, set()),
+    ],
+)
 def test_what_a_function_key_alone_is_worth(auth, allow, roles):
     settings = Settings(auth_enabled=auth, allow_function_key_admin=allow)
 

@@ -12,8 +12,7 @@ from shared.settings import Settings
 from shared.storage import LocalObjectStore
 
 ADMIN_CALLER = Caller("admin@example.com", frozenset({ADMIN}), "entra")
-EXPORT = {"name": "vip", "source": {"container": "ciexports", "path": "p", "table": "T"},
-          "mapping": {"email": "EMail"}}
+EXPORT = {"name": "vip", "source": {"container": "ciexports", "path": "p", "table": "T"}, "mapping": {"email": "EMail"}}
 
 
 def management(tmp_path, document=None) -> tuple[Management, object]:
