@@ -36,6 +36,33 @@ def _json(status: int, body: object) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(body, ensure_ascii=False), status_code=status, mimetype="application/json")
 
 
+def _answer(answer) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(answer.body, ensure_ascii=False), status_code=answer.status,
+                             headers=answer.headers, mimetype="application/json")
+
+
+def _caller(req: func.HttpRequest):
+    """Who is calling, with which roles (shared/management/access.py)."""
+    from shared.management.access import caller_from_headers
+
+    return caller_from_headers(dict(req.headers), orchestrator().ctx.settings)
+
+
+def _refused(exc) -> func.HttpResponse:
+    return _json(exc.status, {"error": str(exc)})
+
+
+def management():
+    from shared import pipeline
+    from shared.management.api import Management
+
+    orch = orchestrator()
+    ctx = orch.ctx
+    return Management(ctx.settings, ctx.state_store, clock=ctx.clock,
+                      on_change=getattr(orch.load_exports, "forget", None),
+                      list_runs=lambda export: pipeline.list_runs(ctx, export))
+
+
 def _message(msg: func.QueueMessage):
     from shared.queues import StageMessage
 
@@ -60,6 +87,7 @@ def export_timer(timer: func.TimerRequest) -> None:
 def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/exports/{name}/runs, optional body {"force", "dryRun", "fullResync", "allowMassExit", "supersede"}."""
     from shared.http_input import BadRequest, check_export_name, start_options
+    from shared.management.access import Forbidden
     from shared.pipeline import RunOptions
 
     name = req.route_params["name"]
@@ -68,6 +96,10 @@ def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
         options = RunOptions(trigger="http", **start_options(req.get_body()))
     except BadRequest as exc:
         return _json(exc.status, {"error": str(exc)})
+    try:  # Exports.Admin, or Exports.Operator on a connection that allows it (and operatorsMayForce to force)
+        management().authorize_run(_caller(req), name, options)
+    except Forbidden as exc:
+        return _refused(exc)
     status, result = orchestrator().start(name, options)
     if "runId" in result and status in (200, 202, 409):
         base = req.url.split("/api/", 1)[0]
@@ -79,6 +111,7 @@ def start_export_run(req: func.HttpRequest) -> func.HttpResponse:
 def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
     """Stage, counts, progress and ETA of a run; its report once finished."""
     from shared.http_input import BadRequest, check_export_name, check_run_id
+    from shared.management.access import READ_ROLES, Forbidden
 
     name, run_id = req.route_params["name"], req.route_params["runId"]
     try:  # before any storage access: these values become blob names
@@ -86,6 +119,10 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
         check_run_id(run_id)
     except BadRequest as exc:
         return _json(exc.status, {"error": str(exc)})
+    try:
+        _caller(req).require(*READ_ROLES, what="reading a run")
+    except Forbidden as exc:
+        return _refused(exc)
     status = orchestrator().status(name, run_id)
     if status is None:
         return _json(404, {"error": "no such run"})
@@ -95,7 +132,42 @@ def get_export_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="exports", methods=["GET"])
 def list_exports(req: func.HttpRequest) -> func.HttpResponse:
     """The configured exports and their last runs."""
+    from shared.management.access import READ_ROLES, Forbidden
+
+    try:
+        _caller(req).require(*READ_ROLES, what="listing exports")
+    except Forbidden as exc:
+        return _refused(exc)
     return _json(200, {"exports": orchestrator().overview()})
+
+
+# ------------------------------------------------------------------------------------------------ management
+
+
+@app.route(route="exports/{name}", methods=["GET", "PUT", "DELETE"])
+def manage_export(req: func.HttpRequest) -> func.HttpResponse:
+    """GET (with ETag), PUT (If-Match to change, none to create) or DELETE (?purgeState=true) one export."""
+    return _answer(management().handle(_caller(req), req.method.upper(), "exports", req.route_params["name"],
+                                       dict(req.headers), req.get_body(), dict(req.params)))
+
+
+@app.route(route="connections", methods=["GET"])
+def list_connections(req: func.HttpRequest) -> func.HttpResponse:
+    """The connections (Omnisend brands), without keys: only the secret or variable name each key comes from."""
+    return _answer(management().handle(_caller(req), "GET", "connections", None, dict(req.headers), b"", {}))
+
+
+@app.route(route="connections/{name}", methods=["GET", "PUT", "DELETE"])
+def manage_connection(req: func.HttpRequest) -> func.HttpResponse:
+    """GET (with ETag), PUT or DELETE one connection: Exports.Admin only to change; 409 while exports use it."""
+    return _answer(management().handle(_caller(req), req.method.upper(), "connections", req.route_params["name"],
+                                       dict(req.headers), req.get_body(), dict(req.params)))
+
+
+@app.route(route="audit", methods=["GET"])
+def read_audit(req: func.HttpRequest) -> func.HttpResponse:
+    """Every change made through this API, newest first: ?limit=50&after=<the previous page's next>."""
+    return _answer(management().audit(_caller(req), dict(req.params)))
 
 
 @app.route(route="health", methods=["GET"])
@@ -116,7 +188,12 @@ def forget_people(req: func.HttpRequest) -> func.HttpResponse:
     """POST /api/forget {"emails": [...]}: erase people from every state and kept run file (shared/forget.py)."""
     from shared.errors import ConfigError
     from shared.forget import RunsInFlight, forget
+    from shared.management.access import ADMIN, Forbidden
 
+    try:
+        _caller(req).require(ADMIN, what="forgetting people")
+    except Forbidden as exc:
+        return _refused(exc)
     try:
         body = req.get_json()
     except ValueError:

@@ -89,6 +89,12 @@ param omnisendRequestsPerMinute int = 300
 @description('NCRONTAB schedule (six fields, UTC) of the timer that starts every enabled export.')
 param exportSchedule string = '0 5 * * * *'
 
+@description('Optional: application (client) id of the Entra ID app registration that protects the HTTP API (App Service Authentication). Its app roles Exports.Admin, Exports.Operator and Exports.Reader decide who may do what (docs/deploy.md). Empty = no authentication in front of the app: a function key alone acts as Exports.Admin, as before.')
+param authClientId string = ''
+
+@description('With authClientId set: whether a request that carries only a function key (automation, no signed-in principal) acts as Exports.Admin. false = every caller needs a token with an app role (unauthenticated requests get 401).')
+param allowFunctionKeyAdmin bool = false
+
 @minLength(3)
 @maxLength(63)
 @description('Blob container that Customer Insights exports segments into.')
@@ -154,6 +160,8 @@ var runsContainerName = 'exporter-runs' // names.RUNS_CONTAINER: run artifacts (
 var stateContainerName = 'exporter-state' // names.STATE_CONTAINER: per-export membership state; never expires.
 var configContainerName = 'exporter-config' // names.CONFIG_CONTAINER: exports.json.
 var exportsConfigBlobName = 'exports.json'
+// App Service Authentication in front of the HTTP API when an app registration is named (shared/management/access.py).
+var authEnabled = !empty(authClientId)
 // names.STAGE_QUEUES, then each with names.POISON_SUFFIX. Poison queues are created up front so their
 // handlers' triggers start cleanly and the queues can be watched before the first failure.
 var queueNames = [
@@ -463,6 +471,10 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     OMNISEND_REQUESTS_PER_MINUTE: string(omnisendRequestsPerMinute)
     // The code's own expiry of run artifacts agrees with the lifecycle rule below.
     RUN_RETENTION_DAYS: string(runRetentionDays)
+    // The app trusts X-MS-CLIENT-PRINCIPAL only when the platform sets it (authentication on); without authentication
+    // a function key is admin, as before.
+    AUTH_ENABLED: string(authEnabled)
+    ALLOW_FUNCTION_KEY_ADMIN: string(authEnabled ? allowFunctionKeyAdmin : true)
   }
   dependsOn: [
     // The host starts as soon as settings land; let it find its roles, containers and queues already there.
@@ -473,6 +485,50 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     deploymentContainer
     queues
   ]
+}
+
+// App Service Authentication (Entra ID) in front of the HTTP API, switched on when authClientId names an app
+// registration (always deployed, enabled or not, so turning it off again is a redeploy too). The platform validates
+// the caller's token (issuer: this tenant; audience: the app registration) and passes its claims, app roles included,
+// to the app in X-MS-CLIENT-PRINCIPAL. The HTTP triggers still require a function key. Unauthenticated requests get
+// 401 unless function-key automation is allowed (then they reach the app, which gives a function key alone
+// Exports.Admin only because ALLOW_FUNCTION_KEY_ADMIN says so). Properties checked against
+// Microsoft.Web/sites/config@2024-04-01 (SiteAuthSettingsV2Properties) in Azure/bicep-types-az.
+resource authSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_63:Rule for site web config (HTTP logging) misapplied to authsettingsV2; requests are logged to Application Insights
+  // checkov:skip=CKV_AZURE_65:Rule for site web config (detailed errors) misapplied to authsettingsV2; errors go to Application Insights
+  // checkov:skip=CKV_AZURE_66:Rule for site web config (failed request tracing) misapplied to authsettingsV2; traces go to Application Insights
+  // checkov:skip=CKV_AZURE_80:Rule for .NET apps misapplied to authsettingsV2; this is a Python 3.11 app
+  // checkov:skip=CKV_AZURE_88:Azure Files content share is not used (or supported) by Flex Consumption; the package lives in blob storage
+  // checkov:skip=CKV_AZURE_222:Rule for the site misapplied to authsettingsV2; see the suppression on functionApp
+  // checkov:skip=CKV_AZURE_13:Authentication is this resource, on when authClientId is set; off, the function key guards the API as before
+  parent: functionApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: authEnabled
+    }
+    globalValidation: {
+      requireAuthentication: !allowFunctionKeyAdmin
+      unauthenticatedClientAction: allowFunctionKeyAdmin ? 'AllowAnonymous' : 'Return401'
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: authEnabled
+        registration: {
+          clientId: authClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${tenant().tenantId}/v2.0'
+        }
+        validation: {
+          // The app registration's client id and its default Application ID URI (api://<client id>).
+          allowedAudiences: authEnabled ? [authClientId, 'api://${authClientId}'] : []
+        }
+      }
+    }
+  }
 }
 
 // Basic (publishing-profile) credentials off: deployments use Entra (azd, func publish, az functionapp deploy).

@@ -147,17 +147,28 @@ def build_orchestrator(settings: Settings | None = None, queues=None, stores=Non
         from shared.queues import StageQueues
 
         queues = StageQueues.from_settings(settings)
-    cache: dict[str, object] = {}
-    monotonic = time.monotonic
+    return Orchestrator(ctx, queues, CachedDefinitions(settings, ctx.state_store, time.monotonic), pacer=pacer,
+                        brand_of=lambda export: registry.get(export.resolved_connection), **orchestrator_options)
 
-    def load() -> list[ExportDefinition]:
-        if "at" not in cache or monotonic() - cache["at"] > EXPORTS_CACHE_SECONDS:
-            cache["exports"] = load_export_definitions(settings, ctx.state_store)
-            cache["at"] = monotonic()
+
+class CachedDefinitions:
+    """The export definitions, re-read at most every EXPORTS_CACHE_SECONDS; ``forget()`` after this instance
+    changed them (the management API) so it sees its own change at once. Other instances see it within the
+    cache time."""
+
+    def __init__(self, settings: Settings, state_store: ObjectStore, monotonic) -> None:
+        self.settings, self.state_store, self.monotonic = settings, state_store, monotonic
+        self._cache: dict[str, object] = {}
+
+    def __call__(self) -> list[ExportDefinition]:
+        cache = self._cache
+        if "at" not in cache or self.monotonic() - cache["at"] > EXPORTS_CACHE_SECONDS:
+            cache["exports"] = load_export_definitions(self.settings, self.state_store)
+            cache["at"] = self.monotonic()
         return cache["exports"]
 
-    return Orchestrator(ctx, queues, load, pacer=pacer,
-                        brand_of=lambda export: registry.get(export.resolved_connection), **orchestrator_options)
+    def forget(self) -> None:
+        self._cache.clear()
 
 
 def to_json(obj: object) -> str:

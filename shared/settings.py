@@ -41,6 +41,8 @@ ENV_NAMES = (
     "OMNISEND_API_KEY_SECRET_NAME",
     "OMNISEND_REQUESTS_PER_MINUTE",
     "RUN_RETENTION_DAYS",
+    "AUTH_ENABLED",
+    "ALLOW_FUNCTION_KEY_ADMIN",
 )
 # Connections (shared/connections.py) may name an environment variable holding their brand's key ("apiKeyEnv"):
 # Settings reads every variable with this prefix, and nothing else, so a definitions file can only point at an
@@ -93,8 +95,10 @@ def base_url_problem(url: str) -> str | None:
     if parts.scheme != "https":
         return "the API key travels with every request: use https (http is allowed only for 127.0.0.1/localhost)"
     if host != OMNISEND_DOMAIN and not host.endswith("." + OMNISEND_DOMAIN):
-        return (f"{host} is not an Omnisend host: the API key and contact data may only go to {OMNISEND_DOMAIN} "
-                "(or 127.0.0.1 for the simulator)")
+        return (
+            f"{host} is not an Omnisend host: the API key and contact data may only go to {OMNISEND_DOMAIN} "
+            "(or 127.0.0.1 for the simulator)"
+        )
     return None
 
 
@@ -106,12 +110,15 @@ def _redacted_url(url: str) -> str:
         netloc += f":{parts.port}"
     return parts._replace(netloc=netloc, query="***" if parts.query else "", fragment="").geturl()
 
+
 # What remains of a finished run (report, rejected.csv, markers: emails of failed and rejected rows) is deleted this
 # many days after the run finished (shared/retention.py; infra/main.bicep's lifecycle rule deletes the runs
 # container's blobs after the same number of days). 30 days leaves a month to look into a partial run; the payloads
 # themselves are deleted as soon as the run is finalised. 3650 days is a cap against typos, not advice.
 DEFAULT_RUN_RETENTION_DAYS = 30
 RUN_RETENTION_DAYS_RANGE = (1, 3650)
+_TRUE = ("true", "1", "yes")
+_FALSE = ("false", "0", "no")
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,19 @@ class Settings:
     # among all its instances and runs through one reservation blob (shared/budget.py), whatever it scales to.
     omnisend_requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE
     run_retention_days: int = DEFAULT_RUN_RETENTION_DAYS
+    # App Service Authentication (Entra ID) is in front of the app: the platform sets X-MS-CLIENT-PRINCIPAL and
+    # strips any a caller sent, so the header's roles can be trusted (shared/management/access.py). Set by
+    # infra/main.bicep from its enableAuthentication parameter; without it the header is ignored.
+    auth_enabled: bool = False
+    # A request with a function key but no signed-in principal acts as Exports.Admin. None (unset): only while
+    # authentication is off (today's behaviour); once AUTH_ENABLED, only if this is explicitly true (automation).
+    allow_function_key_admin: bool | None = None
+
+    @property
+    def function_key_is_admin(self) -> bool:
+        if self.allow_function_key_admin is None:
+            return not self.auth_enabled
+        return self.allow_function_key_admin
     # OMNISEND_API_KEY_<SUFFIX> variables (name -> key): the keys of connections that give "apiKeyEnv" (local runs).
     omnisend_api_keys: Mapping[str, str] = field(default_factory=dict, repr=False, hash=False, compare=False)
 
@@ -191,6 +211,18 @@ class Settings:
         if not low <= retention <= high:
             problems.append(f"RUN_RETENTION_DAYS={retention}: use a number of days from {low} to {high}")
 
+        def flag(name: str) -> bool | None:
+            text = get(name)
+            if text is None:
+                return None
+            if text.lower() in _TRUE + _FALSE:
+                return text.lower() in _TRUE
+            problems.append(f"{name}={text!r}: use true or false")
+            return None
+
+        auth_enabled = flag("AUTH_ENABLED")
+        allow_function_key_admin = flag("ALLOW_FUNCTION_KEY_ADMIN")
+
         base_url = (get("OMNISEND_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         base_problem = base_url_problem(base_url)
         if base_problem:
@@ -237,6 +269,8 @@ class Settings:
             omnisend_api_key_secret_name=get("OMNISEND_API_KEY_SECRET_NAME") or DEFAULT_SECRET_NAME,
             omnisend_requests_per_minute=rpm,
             run_retention_days=retention,
+            auth_enabled=bool(auth_enabled),
+            allow_function_key_admin=allow_function_key_admin,
             omnisend_api_keys=keys,
         )
 

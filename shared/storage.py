@@ -6,6 +6,8 @@ the same contract tests. Names are ``/``-separated and relative to a container.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import re
 import tempfile
@@ -44,8 +46,9 @@ def excerpt(text: str, limit: int = _EXCERPT_CHARS) -> str:
 
 def check_container(container: str) -> None:
     if not isinstance(container, str) or not CONTAINER_RE.fullmatch(container):
-        raise BadName(f"bad container name {excerpt(str(container))}: use 3-63 lower-case letters, digits and "
-                      "single hyphens")
+        raise BadName(
+            f"bad container name {excerpt(str(container))}: use 3-63 lower-case letters, digits and single hyphens"
+        )
 
 
 def check_name(name: str, *, prefix: bool = False) -> None:
@@ -84,6 +87,12 @@ def check_range(offset: int, length: int) -> None:
         raise ValueError(f"bad byte range: offset {offset}, length {length} (offset >= 0 and length > 0)")
 
 
+def content_etag(data: bytes) -> str:
+    """The local store's version tag for read_versioned/replace_if: a digest of the content, so it changes with
+    every change of content whatever the file system's time resolution."""
+    return '"' + hashlib.sha256(data).hexdigest()[:32] + '"'
+
+
 @dataclass(frozen=True)
 class StoredObject:
     container: str
@@ -112,6 +121,13 @@ class ObjectStore(Protocol):
 
     def create(self, container: str, name: str, data: bytes) -> bool:
         """Create only if absent (if-none-match: *). True if this call created it, False if it existed."""
+
+    def read_versioned(self, container: str, name: str) -> tuple[bytes, str]:
+        """The whole object and its version tag (ETag); raises NotFound."""
+
+    def replace_if(self, container: str, name: str, data: bytes, etag: str) -> bool:
+        """Replace the object only if its version is still ``etag`` (if-match). False (nothing written) when it
+        changed or is gone: the caller re-reads and decides again, so two writers never lose an update."""
 
     def exists(self, container: str, name: str) -> bool: ...
 
@@ -207,6 +223,25 @@ class LocalObjectStore:
             return False
         finally:
             os.unlink(tmp)
+
+    def read_versioned(self, container: str, name: str) -> tuple[bytes, str]:
+        data = self.read(container, name)
+        return data, content_etag(data)
+
+    def replace_if(self, container: str, name: str, data: bytes, etag: str) -> bool:
+        path = self._path(container, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The lock file's name starts with ".tmp-" so listings skip it, like the temporary files.
+        with open(path.parent / f".tmp-lock-{path.name}", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # held until closed: compare and replace as one step
+            try:
+                current = path.read_bytes()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                return False
+            if content_etag(current) != etag:
+                return False
+            os.replace(self._temp(path, data), path)
+            return True
 
     def exists(self, container: str, name: str) -> bool:
         return self._path(container, name).is_file()

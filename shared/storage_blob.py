@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from shared.errors import ConfigError
@@ -174,6 +175,23 @@ class BlobObjectStore:
         try:
             self._upload(container, name, data, overwrite=False)
         except ResourceExistsError:
+            return False
+        return True
+
+    def read_versioned(self, container: str, name: str) -> tuple[bytes, str]:
+        try:
+            downloader = self._blob(container, name).download_blob()
+        except ResourceNotFoundError:
+            raise NotFound(self.describe(container, name)) from None
+        return downloader.readall(), downloader.properties.etag
+
+    def replace_if(self, container: str, name: str, data: bytes, etag: str) -> bool:
+        # If-Match on the upload: the service refuses (412) when another writer replaced the blob since it was read.
+        try:
+            self._blob(container, name).upload_blob(
+                data, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
             return False
         return True
 

@@ -276,6 +276,7 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
         "plan_stage", "send_stage", "verify_stage", "finalise_stage",
         "plan_poison", "send_poison", "verify_poison", "finalise_poison",
         "forget_people",
+        "manage_export", "list_connections", "manage_connection", "read_audit",
     }
     queue_names = {b["queueName"] for fn in functions.values() for b in fn if b["type"] == "queueTrigger"}
     assert queue_names == set(ALL_QUEUES)
@@ -283,7 +284,8 @@ def test_importing_the_app_with_an_empty_environment_exposes_every_function():
                for fn in functions.values() for b in fn if b["type"] == "queueTrigger")
     [timer] = functions["export_timer"]
     assert timer["schedule"] == "%EXPORT_SCHEDULE%" and not timer.get("runOnStartup")
-    http = [b for fn in ("start_export_run", "get_export_run", "list_exports", "health_check") for b in functions[fn]
+    http = [b for fn in ("start_export_run", "get_export_run", "list_exports", "health_check", "manage_export",
+                         "list_connections", "manage_connection", "read_audit") for b in functions[fn]
             if b["type"] == "httpTrigger"]
     assert {b["authLevel"] for b in http} == {"FUNCTION"}
     [forget] = [b for b in functions["forget_people"] if b["type"] == "httpTrigger"]

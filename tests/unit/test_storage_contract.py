@@ -236,3 +236,47 @@ def test_a_refused_name_is_quoted_only_in_part(store, container):
     with pytest.raises(BadName) as caught:
         store.read(container, "../" + "a" * 10_000)
     assert len(str(caught.value)) < 200
+
+
+def test_replace_if_writes_only_over_the_version_read(store, container):
+    store.write(container, "defs.json", b"v1")
+    data, etag = store.read_versioned(container, "defs.json")
+
+    assert data == b"v1"
+    assert store.replace_if(container, "defs.json", b"v2", etag) is True
+    assert store.replace_if(container, "defs.json", b"v3 from a stale reader", etag) is False
+
+    assert store.read(container, "defs.json") == b"v2"
+    assert store.read_versioned(container, "defs.json")[1] != etag
+
+
+def test_replace_if_of_a_missing_object_writes_nothing(store, container):
+    store.write(container, "defs.json", b"v1")
+    _, etag = store.read_versioned(container, "defs.json")
+    store.delete(container, "defs.json")
+
+    assert store.replace_if(container, "defs.json", b"v2", etag) is False
+    assert not store.exists(container, "defs.json")
+
+
+def test_concurrent_replace_if_of_one_version_has_exactly_one_winner(store, container):
+    store.write(container, "defs.json", b"v1")
+    _, etag = store.read_versioned(container, "defs.json")
+    barrier = threading.Barrier(CREATORS)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def replace(i: int) -> None:
+        barrier.wait()
+        replaced = store.replace_if(container, "defs.json", f"writer {i}".encode(), etag)
+        with lock:
+            results.append(replaced)
+
+    threads = [threading.Thread(target=replace, args=(i,)) for i in range(CREATORS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert sorted(results) == [False] * (CREATORS - 1) + [True]
+    assert [o.name for o in store.list(container)] == ["defs.json"]
