@@ -376,7 +376,9 @@ class Orchestrator:
         if outcome == "claimed-elsewhere":
             # A twin delivery holds the batch: look again later (not an attempt: SEND_MAX_REQUEUES is untouched).
             rechecks = int(message.extra.get("rechecks", 0)) + 1
-            again = StageMessage(export, run_id, n, message.attempt, {**message.extra, "rechecks": rechecks})
+            # Its next delivery decides afresh whether it takes a claim over ("slots": see _slot_or_reschedule).
+            extra = {key: value for key, value in message.extra.items() if key != "slots"}
+            again = StageMessage(export, run_id, n, message.attempt, {**extra, "rechecks": rechecks})
             self.queues.send(names.SEND_QUEUE, again, delay_seconds=self.claim_recheck_delay)
         if outcome == "rejected":
             self._finalise_by_name(export, run_id)
