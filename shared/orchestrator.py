@@ -387,7 +387,7 @@ class Orchestrator:
     @staticmethod
     def _slots_needed(message: StageMessage) -> int:
         """Send-lane slots the message is released for: 1, or TAKEOVER_SLOTS once it must take over a claim."""
-        return max(1, int(message.extra.get("slots", 1)))
+        return TAKEOVER_SLOTS if int(message.extra.get("slots", 1)) > 1 else 1  # never more than a takeover needs
 
     def _requeue_for_budget(self, message: StageMessage, exc: RetryLater) -> str:
         """The budget had no slot for this send's requests (nothing reached Omnisend, so it is not an attempt): put
