@@ -40,7 +40,13 @@ from shared.errors import AuthRejected, FailRun, RetryLater
 from shared.exports import EXPORT_NAME_RE, ExportDefinition, ExportNotRunnable, find_export
 from shared.http_input import excerpt
 from shared.omnisend.errors import BaseUrlNotFound, OmnisendUnreachable
-from shared.pipeline.send import SEND_CLAIM_SECONDS, TAKEOVER_SLOTS, TakeoverNeedsSlots, claim_exists
+from shared.pipeline.send import (
+    SEND_CLAIM_SECONDS,
+    TAKEOVER_SLOTS,
+    TakeoverNeedsSlots,
+    claim_exists,
+    claim_expired,
+)
 from shared.pipeline.verify import VERIFY_CONFIRM_SECONDS
 from shared.preflight import preflight
 from shared.queues import MAX_DELAY_SECONDS, StageMessage
@@ -75,7 +81,7 @@ SEND_BACKOFF_SECONDS = (5, 15, 30, 60, 120, 300, 600, 900)
 # this many such re-queues its batch is recorded unconfirmed if a takeover was under way (the dead holder may have
 # POSTed it), else failed (never sent). A takeover needs one re-queue (to be released for TAKEOVER_SLOTS slots) and
 # then runs on its own slots; the rest is room for storage slow enough to make a send miss its slot again and again.
-SEND_MAX_BUDGET_REQUEUES = 12
+SEND_MAX_BUDGET_REQUEUES = 20
 # A run whose plan message never arrived (lost between the start and the enqueue) is re-planned by the timer.
 STALE_PLAN_SECONDS = 15 * 60
 # Must equal host.json extensions.queues.maxDequeueCount (tests/azure check it): used in the poison reason.
@@ -333,10 +339,10 @@ class Orchestrator:
             paths = RunPaths(message.export, message.run_id)
             if self.ctx.state_store.exists(names.RUNS_CONTAINER, paths.sent(message.batch, 0)):
                 return None, message  # sent already (a redelivery, a twin's re-check): it ends without a request
-            if self._slots_needed(message) < TAKEOVER_SLOTS and claim_exists(self.ctx, paths, message.batch):
-                # Late and its batch claimed: most likely the redelivery of a send whose instance died, which will
-                # take the claim over. Its new reservation pays for the adoption reads too (TAKEOVER_SLOTS), which
-                # spares it a second trip to the end of the send lane (TakeoverNeedsSlots).
+            if self._slots_needed(message) < TAKEOVER_SLOTS and claim_expired(self.ctx, paths, message.batch):
+                # Late and its batch's claim expired: the redelivery of a send whose instance died; it will take the
+                # claim over. Its new reservation pays for the adoption reads too (TAKEOVER_SLOTS), which spares it
+                # a second trip to the end of the send lane (TakeoverNeedsSlots).
                 message = StageMessage(message.export, message.run_id, message.batch, message.attempt,
                                        {**message.extra, "slots": TAKEOVER_SLOTS})
             fresh = pacer.budget.reserve(self._slots_needed(message))[0]
@@ -395,7 +401,9 @@ class Orchestrator:
         if outcome == "claimed-elsewhere":
             # A twin delivery holds the batch: look again later (not an attempt: SEND_MAX_REQUEUES is untouched).
             rechecks = int(message.extra.get("rechecks", 0)) + 1
-            again = StageMessage(export, run_id, n, message.attempt, {**message.extra, "rechecks": rechecks})
+            # Its next delivery decides afresh whether it takes a claim over ("slots": see _slot_or_reschedule).
+            extra = {key: value for key, value in message.extra.items() if key != "slots"}
+            again = StageMessage(export, run_id, n, message.attempt, {**extra, "rechecks": rechecks})
             self.queues.send(names.SEND_QUEUE, again, delay_seconds=self.claim_recheck_delay)
         if outcome == "rejected":
             self._finalise_by_name(export, run_id)
@@ -404,7 +412,7 @@ class Orchestrator:
     @staticmethod
     def _slots_needed(message: StageMessage) -> int:
         """Send-lane slots the message is released for: 1, or TAKEOVER_SLOTS once it must take over a claim."""
-        return max(1, int(message.extra.get("slots", 1)))
+        return TAKEOVER_SLOTS if int(message.extra.get("slots", 1)) > 1 else 1  # never more than a takeover needs
 
     def _requeue_for_budget(self, message: StageMessage, exc: RetryLater, pacer: BudgetPacer | None) -> str:
         """The budget had no slot for this send's requests (nothing reached Omnisend, so it is not an attempt): put

@@ -130,6 +130,14 @@ def claim_exists(ctx: Context, paths: RunPaths, n: int) -> bool:
     return any(True for _ in ctx.state_store.list(RUNS, f"{paths.root}/claims/{batch_label(n)}.g"))
 
 
+def claim_expired(ctx: Context, paths: RunPaths, n: int) -> bool:
+    """Batch n's newest claim has expired (its holder died): the next send of it takes the claim over."""
+    prefix = f"{paths.root}/claims/{batch_label(n)}.g"
+    generations = sorted(int(o.name[len(prefix):].split(".", 1)[0]) for o in ctx.state_store.list(RUNS, prefix))
+    newest = read_json(ctx.state_store, RUNS, claim_path(paths, n, generations[-1])) if generations else None
+    return newest is not None and newest.get("expiresAt", 0) <= ctx.clock()
+
+
 def claim_batch(ctx: Context, paths: RunPaths, n: int, *, sole_sender: bool = False) -> Claim:
     """Claim batch n for sending: create the next claim generation if the newest one expired (or none exists).
     ``sole_sender``: the caller knows no other process sends this run (the CLI, one process per run), so a claim

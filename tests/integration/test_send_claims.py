@@ -14,7 +14,7 @@ from shared import names
 from shared.batch_store import read_batch
 from shared.errors import RetryLater
 from shared.pipeline import RunOptions, finalise, plan, send_batch, start_run, verify
-from shared.pipeline.send import SEND_CLAIM_SECONDS, claim_path
+from shared.pipeline.send import SEND_CLAIM_SECONDS, TakeoverNeedsSlots, claim_path
 from shared.runs import RunPaths, dumps, read_json
 from tests.integration.exporting import export, load_export, make_context, write_segment
 
@@ -114,6 +114,21 @@ def test_an_expired_claim_whose_holder_never_posted_is_posted_once(tmp_path, sim
 
     assert posts(sim) == 1
     assert not read_json(ctx.state_store, RUNS, RunPaths("vip", run_id).sent(1, 0)).get("adopted")
+
+
+def test_a_takeover_paid_for_one_request_gives_the_claim_back_before_any_request(tmp_path, sim):
+    """In Functions a send message is released for one budget slot; a takeover needs TAKEOVER_SLOTS (its adoption
+    reads and the POST), so it asks for them instead of starving on the budget; the next delivery takes over."""
+    ctx, _, run_id, _ = planned(tmp_path, sim, rows=100)
+    dead_holder_claim(ctx, run_id, 1)
+    before = requests_total(sim)
+
+    with pytest.raises(TakeoverNeedsSlots):
+        send_batch(ctx, "vip", run_id, 1, takeover_paid=False)
+
+    assert requests_total(sim) == before
+    assert send_batch(ctx, "vip", run_id, 1, takeover_paid=True) == "submitted"  # the claim was given back
+    assert posts(sim) == 1
 
 
 def test_an_other_batch_of_the_same_size_is_not_adopted(tmp_path, sim):
