@@ -14,7 +14,9 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-STATE_DIR="$ROOT/.azurite"
+# AZURITE_STATE_DIR: where the PID and log go. The tests set their own per run (tests/azure/azurite_support.py), so
+# two isolated runs (unshare -n) of one checkout never take each other's Azurite for theirs.
+STATE_DIR="${AZURITE_STATE_DIR:-$ROOT/.azurite}"
 PID_FILE="$STATE_DIR/pid"
 LOG_FILE="$STATE_DIR/azurite.log"
 BIN="$ROOT/node_modules/.bin/azurite"

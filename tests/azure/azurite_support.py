@@ -65,11 +65,12 @@ def unconfigure(config: pytest.Config) -> None:
     """In the controlling process, after every worker has finished: stop Azurite if this run started it."""
     if not config.stash.get(_owns_run_dir, False):
         return
-    run_dir = Path(os.environ.pop(RUN_DIR_ENV))
+    run_dir = Path(os.environ[RUN_DIR_ENV])
     try:
         if (run_dir / _STARTED_MARK).exists():
             _run([str(SCRIPT), "stop"], START_TIMEOUT_SECONDS)
     finally:
+        del os.environ[RUN_DIR_ENV]
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
@@ -94,14 +95,14 @@ def ensure_azurite() -> str:
             (run_dir / _STARTED_MARK).touch()  # before starting: a start that half-succeeds is still stopped
             _run([str(SCRIPT), "start"], START_TIMEOUT_SECONDS)
             if not port_answers(10000):
-                # e.g. .azurite/pid names a live Azurite of another network namespace (unshare -n): fail now rather
-                # than let every storage call retry against a closed port.
+                # Fail now rather than let every storage call retry against a closed port.
                 pytest.fail(f"{SCRIPT} start succeeded but nothing answers on 127.0.0.1:10000", pytrace=False)
     return AZURITE_CONNECTION_STRING
 
 
 def _run(command: list[str], timeout: float) -> None:
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+    env = {**os.environ, "AZURITE_STATE_DIR": str(_run_dir() / "azurite")}  # this run's PID file and log
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if done.returncode != 0:
         pytest.fail(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}", pytrace=False)
 
