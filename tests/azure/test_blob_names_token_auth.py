@@ -35,7 +35,7 @@ from tests.azure.azurite_support import AZURITE_BIN, port_answers
 pytestmark = pytest.mark.azurite
 
 # Azurite listens within seconds; a loaded 2-core CI machine may need more.
-START_TIMEOUT_SECONDS = 60
+START_TIMEOUT_SECONDS = 120  # 60 was exceeded with 4 parallel workers on a heavily loaded 2-core machine
 TENANT = "ab1f708d-50f6-404c-a006-d71b2ac7a606"
 SECRET = b'{"apiKey": "not for you"}'
 
@@ -81,7 +81,10 @@ def oauth_azurite(tmp_path_factory) -> Iterator[tuple[str, str]]:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not port_answers(port):
             if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"azurite-blob --oauth basic did not start: {process.stderr.read().decode()[-2000:]}")
+                # Kill before reading: reading a live process's stderr blocks until it exits (seen hanging a run).
+                process.kill()
+                _, err = process.communicate(timeout=15)
+                pytest.fail(f"azurite-blob --oauth basic did not start: {err.decode()[-2000:]}")
             time.sleep(0.2)
         yield f"https://127.0.0.1:{port}/devstoreaccount1", str(folder / "ca.pem")
     finally:
