@@ -16,6 +16,8 @@ from tests.azure.concurrent_host import ConcurrentHost, HostConfig, Timing
 from tests.azure.scenario_support import wait_for
 
 pytestmark = pytest.mark.azurite
+# Outcomes only, no request-rate floor: runs in the parallel part of ./dev test (tests/conftest.py).
+SHARES_THE_MACHINE = True
 
 # A lease of 1 s: a dead worker's message is back within about a second; renewed every 0.4 s while it runs.
 FAST = Timing(lease_seconds=1, renew_seconds=0.4, retry_visibility_seconds=1)

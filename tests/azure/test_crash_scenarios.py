@@ -31,6 +31,8 @@ from tests.azure.scenario_support import (
 )
 
 pytestmark = pytest.mark.azurite
+# Outcomes only, no request-rate floor: runs in the parallel part of ./dev test (tests/conftest.py).
+SHARES_THE_MACHINE = True
 
 ROWS = 1_000  # 10 batches of 100: about 2 s of sending at the budget's 92 % of 300/min
 # The budget's precision is not under test here (test_budget_scenarios.py): a send may start up to production's 2 s
