@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -407,8 +408,11 @@ SECOND_SNAPSHOT = "2026/11/29/0205"
 class FakeClock:
     """The orchestrator's clock (lease expiries, run start times), moved by the test instead of waited for."""
 
-    def __init__(self, now: float = 1_764_500_000.0) -> None:
-        self.now = now
+    def __init__(self, now: float | None = None) -> None:
+        # Today's whole second, not a fixed date: tests in parallel share one Azurite, and a timer fire prunes every
+        # finished run older than RUN_RETENTION_DAYS by its own clock (shared/retention.py), so runs dated in the
+        # past would be pruned by another test's timer while this one still reads them.
+        self.now = float(int(time.time())) if now is None else now
 
     def __call__(self) -> float:
         return self.now
@@ -474,9 +478,10 @@ def test_the_finalise_lease_outlives_the_function_timeout():
 
 def test_forced_starts_straddling_a_second_are_one_run(timed_flow):
     flow = timed_flow
-    flow.clock.now = 1_764_500_000.9
+    second_start = float(int(flow.clock.now))
+    flow.clock.now = second_start + 0.9
     first = flow.start(body={"force": True})
-    flow.clock.now = 1_764_500_001.2
+    flow.clock.now = second_start + 1.2
     second = flow.start(body={"force": True})
     body = json.loads(second.get_body())
     assert first.status_code == 202 and second.status_code == 409
