@@ -28,6 +28,9 @@ from tests.azure.concurrent_host import ConcurrentHost, HostConfig, Timing
 
 KEY = "budget-key"
 BUDGET_PER_MINUTE = 300  # the app's OMNISEND_REQUESTS_PER_MINUTE (the default)
+# Omnisend's sliding minute, scaled by 1/3 so a scenario sends for about half a minute instead of a minute and a half.
+WINDOW_SECONDS = 20
+BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60  # 100: what the simulator allows in any window
 # shared/budget.py's 2 s late tolerance belongs to a 60 s window; scaled with the budget scenarios' 20 s window (a
 # send starting later than this after its slot takes a new slot).
 LATE_TOLERANCE = 0.5

@@ -24,13 +24,17 @@ from devtools.omnisend_sim import SimConfig, Simulator
 from shared import names
 from shared.queues import StageQueues
 from tests.azure.concurrent_host import ConcurrentHost, KillPoint
-from tests.azure.scenario_support import BUDGET_PER_MINUTE, KEY, Scenario, posts_to_batches
+from tests.azure.scenario_support import (
+    BUDGET_PER_MINUTE,
+    BUDGET_PER_WINDOW,
+    KEY,
+    WINDOW_SECONDS,
+    Scenario,
+    posts_to_batches,
+)
 
 pytestmark = pytest.mark.azurite
 
-# Omnisend's sliding minute, scaled by 1/3 so a scenario sends for about half a minute instead of a minute and a half.
-WINDOW_SECONDS = 20
-BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60  # 100: what the simulator allows in any window
 ROWS = 13_000  # 130 batches of 100: about 28 s of sending at 92 % of 300/min
 
 

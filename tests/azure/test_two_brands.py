@@ -29,25 +29,26 @@ from shared import names
 from shared.brands import budget_blob_name
 from shared.connections import Connection
 from shared.queues import StageQueues
-from tests.azure.concurrent_host import ConcurrentHost, HostConfig, Timing
+from tests.azure.concurrent_host import ConcurrentHost, HostConfig
+from tests.azure.scenario_support import (
+    BUDGET_PER_MINUTE,
+    BUDGET_PER_WINDOW,
+    CLAIM_SECONDS,
+    LATE_TOLERANCE,
+    RELEASE_LEAD,
+    SEND_BACKOFF,
+    SEND_THREADS,
+    SLOT_WAIT,
+    SLOW_POLL,
+    TIMING,
+    VERIFY_DELAY,
+    WINDOW_SECONDS,
+)
 
 pytestmark = pytest.mark.azurite
 
 EU_KEY, US_KEY = "eu-brand-key", "us-brand-key"
 BRAND_KEYS = {"OMNISEND_API_KEY_EU": EU_KEY, "OMNISEND_API_KEY_US": US_KEY}
-# Scaled as in test_budget_scenarios.py (see there for why each number).
-WINDOW_SECONDS = 20
-BUDGET_PER_MINUTE = 300
-BUDGET_PER_WINDOW = BUDGET_PER_MINUTE * WINDOW_SECONDS // 60
-LATE_TOLERANCE = 0.5
-SLOT_WAIT = 3.0
-VERIFY_DELAY = 2
-SEND_BACKOFF = (1, 2, 4)
-TIMING = Timing(lease_seconds=6, renew_seconds=1.5, retry_visibility_seconds=1, max_poll_seconds=0.5)
-CLAIM_SECONDS = 8
-RELEASE_LEAD = 0.5
-SEND_THREADS = 8
-SLOW_POLL = {"plan_stage": 1.0, "verify_stage": 1.0}
 # 80 batches per brand: about 17 s of sending at 92 % of 300/min each, both at once, so a 20 s window of the two
 # together holds well over one brand's 100.
 ROWS = 8_000
