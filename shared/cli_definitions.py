@@ -22,6 +22,7 @@ from typing import Any
 
 from shared.errors import ConfigError, FailRun
 from shared.exports import EXPORT_NAME_RE, Definitions, find_connection, find_export, load_definitions
+from shared.management.document import definitions_document, dumps
 from shared.settings import Settings
 
 EXIT_OK = 0
@@ -111,16 +112,19 @@ def add_commands(sub: argparse._SubParsersAction, common: Callable[[argparse.Arg
 
 
 class Document:
-    """The definitions document as text where it lives (local file or blob), parsed keeping its keys' order."""
+    """The definitions document as text where it lives (local file or blob), parsed keeping its keys' order, with
+    the version it was read at: written back only over that version (shared/management/document.py, as the
+    management API does), so someone else's change is never overwritten."""
 
     def __init__(self, settings: Settings) -> None:
         from shared.app import definitions_blob, make_stores
 
         self.settings = settings
         self.blob = definitions_blob(settings)
-        self.store = make_stores(settings)[0] if self.blob else None
-        self.where = self.store.describe(*self.blob) if self.store and self.blob else settings.exports_config
-        self.original = self._read()
+        store = make_stores(settings)[0] if self.blob else None
+        self.stored = definitions_document(settings, store)  # type: ignore[arg-type]  # a file needs no store
+        self.where = self.stored.source if self.blob else settings.exports_config
+        self.original, self.version = self._read()
         try:
             self.data = json.loads(self.original)
         except json.JSONDecodeError:
@@ -128,29 +132,27 @@ class Document:
             raise
         self.definitions = load_definitions(self.original, self.where)
 
-    def _read(self) -> str:
-        if self.store and self.blob:
-            from shared.storage import NotFound
+    def _read(self) -> tuple[str, str | None]:
+        if not self.blob:
+            from shared.exports import read_definitions_text
 
-            try:
-                return self.store.read(*self.blob).decode("utf-8-sig")
-            except NotFound:
-                raise ConfigError(
-                    f"no export definitions at {self.where}: upload exports.json there or point "
-                    "EXPORTS_CONFIG elsewhere",
-                    source="EXPORTS_CONFIG",
-                ) from None
-        from shared.exports import read_definitions_text
-
-        return read_definitions_text(self.settings.exports_config)
+            read_definitions_text(self.settings.exports_config)  # a ConfigError saying why the file is unreadable
+        data, version = self.stored.read()
+        if data is None:
+            raise ConfigError(
+                f"no export definitions at {self.where}: upload exports.json there or point "
+                "EXPORTS_CONFIG elsewhere",
+                source="EXPORTS_CONFIG",
+            )
+        return data.decode("utf-8-sig"), version
 
     def validated(self, data: dict[str, Any]) -> tuple[str, Definitions]:
         """The text ``data`` would be written as, and what it loads as; ConfigError with every problem."""
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        text = dumps(data).decode("utf-8")
         return text, load_definitions(text, self.where)
 
     def diff(self, text: str) -> str:
-        before = json.dumps(self.data, indent=2, ensure_ascii=False) + "\n"
+        before = dumps(self.data).decode("utf-8")
         lines = difflib.unified_diff(
             before.splitlines(keepends=True),
             text.splitlines(keepends=True),
@@ -160,20 +162,14 @@ class Document:
         return "".join(lines)
 
     def write(self, text: str) -> None:
-        """Write ``text`` if the document is still what was read (someone else's change is never overwritten)."""
-        if self._read() != self.original:
+        """Write ``text`` if the document is still at the version read (an if-match upload on Blob; a locked
+        compare-and-replace of a local file, atomic for readers)."""
+        if not self.stored.write(text.encode("utf-8"), self.version):
             raise ConfigError(
                 f"{self.where} changed since it was read (someone else saved it): run the command "
                 "again to see the change on top of theirs",
                 source=self.where,
             )
-        if self.store and self.blob:
-            self.store.write(*self.blob, text.encode("utf-8"))
-            return
-        path = Path(self.settings.exports_config)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(text, encoding="utf-8")
-        temp.replace(path)  # atomic: a reader sees the old document or the new one, never half of it
 
 
 # ---------------------------------------------------------------------------------------------------- commands

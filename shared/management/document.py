@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
-from shared import names
 from shared.errors import ConfigError
 from shared.settings import Settings
 from shared.storage import NotFound, ObjectStore, content_etag
@@ -79,13 +78,12 @@ class FileDocument:
 
 
 def definitions_document(settings: Settings, state_store: ObjectStore) -> Document:
-    where = settings.exports_config
-    if where.startswith(names.BLOB_CONFIG_PREFIX):
-        container, _, name = where[len(names.BLOB_CONFIG_PREFIX) :].partition("/")
-        if not container or not name:
-            raise ConfigError(f"EXPORTS_CONFIG={where!r}: use blob:<container>/<path>", source="environment")
-        return BlobDocument(state_store, container, name)
-    return FileDocument(Path(where))
+    from shared.app import definitions_blob
+
+    blob = definitions_blob(settings)
+    if blob is not None:
+        return BlobDocument(state_store, *blob)
+    return FileDocument(Path(settings.exports_config))
 
 
 def parse(data: bytes | None, source: str) -> dict[str, Any]:
