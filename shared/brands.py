@@ -101,19 +101,13 @@ def key_provider(
 ) -> ApiKeyProvider:
     """The key of ``connection``: Key Vault (KEY_VAULT_URL set and an apiKeySecret given), else its apiKeyEnv
     variable; a ConfigError naming the connection and what to set otherwise."""
-    from shared.secrets import KEY_VAULT_ROLE, KeyVaultKeyProvider, StaticKeyProvider, key_provider_from_settings
+    from shared.secrets import KEY_VAULT_ROLE, StaticKeyProvider, key_provider_from_settings, vault_key_provider
 
     if connection.implicit:
         return key_provider_from_settings(settings, credential, client_kwargs=client_kwargs)
     where = f'connection "{connection.name}"'
     if settings.key_vault_url and connection.api_key_secret:
-        return KeyVaultKeyProvider(
-            settings.key_vault_url,
-            connection.api_key_secret,
-            credential=credential,
-            managed_identity_client_id=settings.managed_identity_client_id,
-            client_kwargs=client_kwargs,
-        )
+        return vault_key_provider(settings, connection.api_key_secret, credential, client_kwargs=client_kwargs)
     if connection.api_key_env:
         value = _env_key(settings, connection.api_key_env)
         if value:

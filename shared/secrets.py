@@ -220,6 +220,23 @@ def _reason(exc: HttpResponseError | ClientAuthenticationError) -> str:
     return f"{code}: {message}" if code else message
 
 
+def vault_key_provider(
+    settings: Settings,
+    secret_name: str,
+    credential: TokenCredential | None = None,
+    *,
+    client_kwargs: Mapping[str, Any] | None = None,
+) -> KeyVaultKeyProvider:
+    """The key in the secret ``secret_name`` of KEY_VAULT_URL's vault, read with the app's identity."""
+    return KeyVaultKeyProvider(
+        settings.key_vault_url,
+        secret_name,
+        credential=credential,
+        managed_identity_client_id=settings.managed_identity_client_id,
+        client_kwargs=client_kwargs,
+    )
+
+
 def key_provider_from_settings(
     settings: Settings,
     credential: TokenCredential | None = None,
@@ -228,13 +245,8 @@ def key_provider_from_settings(
 ) -> ApiKeyProvider:
     """Key Vault when KEY_VAULT_URL is set, else OMNISEND_API_KEY, else a ConfigError saying how to set one."""
     if settings.key_vault_url:
-        return KeyVaultKeyProvider(
-            settings.key_vault_url,
-            settings.omnisend_api_key_secret_name,
-            credential=credential,
-            managed_identity_client_id=settings.managed_identity_client_id,
-            client_kwargs=client_kwargs,
-        )
+        return vault_key_provider(settings, settings.omnisend_api_key_secret_name, credential,
+                                  client_kwargs=client_kwargs)
     if settings.omnisend_api_key:
         return StaticKeyProvider(settings.omnisend_api_key)
     raise ConfigError(
