@@ -9,7 +9,6 @@ with if-none-match. Local file: a digest of the content and an exclusive lock ar
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import tempfile
@@ -111,4 +110,4 @@ def object_etag(obj: Any) -> str:
     """The version of one connection or export: a digest of its content, so a change to another object of the
     document never makes a caller's If-Match stale."""
     canonical = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return '"' + hashlib.sha256(canonical.encode()).hexdigest()[:24] + '"'
+    return content_etag(canonical.encode())
