@@ -50,11 +50,17 @@ MAX_STRING_LENGTH = 2048
 # on the cell as read, before lower-casing: Unicode case rules fold some characters into ASCII letters (the Kelvin
 # sign U+212A lower-cases to "k"), which would turn a bogus address into a different, real person's address.
 MAX_EMAIL_LENGTH = 254
+MAX_LOCAL_LENGTH = 64
 _ATEXT = r"[a-z0-9!#$%&'*+/=?^_`{|}~-]"
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _EMAIL_RE = re.compile(
     rf"(?=[^@]{{1,64}}@){_ATEXT}+(?:\.{_ATEXT}+)*@(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})"
 )
+# The same check in two halves, for planning's compiled rows (shared/row_payloads.py): neither half can match an "@",
+# so an address passes _EMAIL_RE exactly when its local part (before the first "@", 1-64 characters) and its
+# domain (the rest) pass these. tests/unit/test_row_payloads.py compares the two on generated addresses.
+EMAIL_LOCAL_RE = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
+EMAIL_DOMAIN_RE = re.compile(rf"(?:{_LABEL}\.)+(?:[a-z]{{2,63}}|xn--[a-z0-9-]{{1,59}})")
 
 # E.164: "+", a country code not starting with 0, 7-15 digits in all (Omnisend 2026 requires E.164). ASCII digits
 # only: ``\d`` would also accept Arabic-Indic and other Unicode digits, which no phone network dials.
@@ -180,17 +186,17 @@ class ContactMapper:
     """Maps rows of one snapshot (whose columns are ``columns``) to contacts for ``export``."""
 
     __slots__ = (
-        "_consent",
-        "_consent_timestamp",
-        "_consent_values",
-        "_custom",
-        "_email",
-        "_phone",
-        "_special",
-        "_text",
-        "_width",
         "columns",
+        "consent_index",
+        "consent_timestamp_index",
+        "consent_values",
+        "custom_fields",
+        "email_index",
         "export",
+        "phone_index",
+        "special_fields",
+        "text_fields",
+        "width",
     )
 
     def __init__(self, export: ExportDefinition, columns: Sequence[str]) -> None:
@@ -219,36 +225,36 @@ class ContactMapper:
             return -1
 
         mapping = export.mapping
-        self._email = index("mapping.email", mapping["email"])
-        self._phone = index("mapping.phone", mapping["phone"]) if "phone" in mapping else None
-        self._text = tuple(
+        self.email_index = index("mapping.email", mapping["email"])
+        self.phone_index = index("mapping.phone", mapping["phone"]) if "phone" in mapping else None
+        self.text_fields = tuple(
             (name, index(f"mapping.{name}", mapping[name]))
             for name in CONTACT_FIELDS
             if name in mapping and name not in _SPECIAL_FIELDS
         )
-        self._special = tuple(
+        self.special_fields = tuple(
             (name, index(f"mapping.{name}", mapping[name]), _CLEANERS[name], {})
             for name in _CLEANERS
             if name in mapping
         )
-        self._custom = tuple(
+        self.custom_fields = tuple(
             (name, index(f"mapping.customProperties.{name}", column))
             for name, column in export.custom_properties.items()
         )
         consent = export.consent
-        self._consent = index("consent.column", consent.column) if consent else None
-        self._consent_timestamp = (
+        self.consent_index = index("consent.column", consent.column) if consent else None
+        self.consent_timestamp_index = (
             index("consent.timestampColumn", consent.timestamp_column) if consent and consent.timestamp_column else None
         )
-        self._consent_values: dict[str, ChannelStatus] = (
+        self.consent_values: dict[str, ChannelStatus] = (
             {value: status for status, values in consent.values.items() for value in values} if consent else {}
         )
         if problems:
             raise ConfigError(problems, source=f'export "{export.name}"')
-        used = [self._email, *(i for _, i in self._text), *(i for _, i, _, _ in self._special)]
-        used += [i for _, i in self._custom]
-        used += [i for i in (self._phone, self._consent, self._consent_timestamp) if i is not None]
-        self._width = max(used) + 1
+        used = [self.email_index, *(i for _, i in self.text_fields), *(i for _, i, _, _ in self.special_fields)]
+        used += [i for _, i in self.custom_fields]
+        used += [i for i in (self.phone_index, self.consent_index, self.consent_timestamp_index) if i is not None]
+        self.width = max(used) + 1
 
     def _listing(self) -> str:
         shown = ", ".join(self.columns[:_MAX_COLUMNS_LISTED]) or "(none)"
@@ -257,9 +263,9 @@ class ContactMapper:
 
     def map(self, file: str, line: int, fields: list[str]) -> Contact:
         """The contact in ``fields`` (one row's values, in snapshot column order), or RejectRow."""
-        if len(fields) < self._width:
+        if len(fields) < self.width:
             raise RejectRow(f"row has {len(fields)} values; expected {len(self.columns)}")
-        email = fields[self._email].strip()
+        email = fields[self.email_index].strip()
         if not email:
             raise RejectRow("email is empty")
         if not email.isascii():
@@ -270,14 +276,14 @@ class ContactMapper:
 
         dropped: list[str] | None = None
         out: dict[str, str] = {}
-        for name, i in self._text:
+        for name, i in self.text_fields:
             value = fields[i].strip()
             if value:
                 if len(value) <= MAX_STRING_LENGTH:
                     out[name] = value
                 else:
                     dropped = _add(dropped, name)
-        for name, i, clean, memo in self._special:
+        for name, i, clean, memo in self.special_fields:
             value = fields[i].strip()
             if value:
                 cleaned = memo.get(value, _MISSING)
@@ -291,15 +297,15 @@ class ContactMapper:
                     dropped = _add(dropped, name)
 
         phone = None
-        if self._phone is not None:
-            value = fields[self._phone].strip()
+        if self.phone_index is not None:
+            value = fields[self.phone_index].strip()
             if value:
                 phone = clean_phone(value)
                 if phone is None:
                     dropped = _add(dropped, "phone")
 
         custom: dict[str, str] = {}
-        for name, i in self._custom:
+        for name, i in self.custom_fields:
             value = fields[i].strip()
             if value:
                 if len(value) <= MAX_STRING_LENGTH:
@@ -308,10 +314,10 @@ class ContactMapper:
                     dropped = _add(dropped, f"customProperties.{name}")
 
         status = changed_at = None
-        if self._consent is not None:
-            status = self._consent_values.get(normalise_consent_value(fields[self._consent]))
-            if status is not None and self._consent_timestamp is not None:
-                changed_at = to_rfc3339_utc(fields[self._consent_timestamp].strip())
+        if self.consent_index is not None:
+            status = self.consent_values.get(normalise_consent_value(fields[self.consent_index]))
+            if status is not None and self.consent_timestamp_index is not None:
+                changed_at = to_rfc3339_utc(fields[self.consent_timestamp_index].strip())
                 if changed_at is None:
                     status = None
             if status is None:

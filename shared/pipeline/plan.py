@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import struct
 import sys
 import time
@@ -14,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from shared import hashing
-from shared.batch_store import SegmentWriter
+from shared.batch_store import SegmentWriter, decode_batch, encode_batch
 from shared.exports import ExportDefinition, ensure_runnable
 from shared.logs import mask_email
 from shared.omnisend import API_LIMITS
@@ -54,38 +53,50 @@ class _BatchWriter:
     writer (shared/batch_store.py), and keeps the email + fingerprint + batch of every planned contact
     (changes.bin) for the new state."""
 
-    def __init__(self, ctx: Context, paths: RunPaths | None, max_items: int, max_bytes: int) -> None:
+    def __init__(
+        self, ctx: Context, paths: RunPaths | None, max_items: int, max_bytes: int, files: list[str]
+    ) -> None:
         self.ctx, self.paths = ctx, paths
-        self.max_items = max_items
-        # Envelope around the items: {"method":"POST","endpoint":"contacts","items":[...]}.
-        self.max_bytes = max_bytes - 64
-        self.bodies: list[bytes] = []
-        self.rows: list[tuple[str, int, str, int]] = []
-        self.size = 0
+        self.files = files  # partition paths; a row names its partition by its number in this list
         self.count = 0
         self.sizes: list[int] = []  # rows per batch, kept in the manifest
         self._change_parts: list[bytes] = []
         self.segments = SegmentWriter(ctx.state_store, paths) if paths is not None else None
         self.layout: dict[str, Any] | None = None  # what close() wrote, for the manifest
+        self.add, self.flush = self._batcher(max_items, max_bytes - 64)  # 64: {"method":"POST",...,"items":[...]}
 
-    def add(self, body: bytes, row: tuple[str, int, str, int]) -> None:
-        if len(self.bodies) >= self.max_items or self.size + len(body) > self.max_bytes:
-            self.flush()
-        self.bodies.append(body)
-        self.rows.append(row)
-        self.size += len(body) + 1
+    def _batcher(self, max_items: int, max_bytes: int):
+        """``add(body, row)`` and ``flush()``. Closures over local lists and a cell, not methods over attributes:
+        ``add`` runs once per planned contact, and this way it costs about half as much."""
+        bodies: list[bytes] = []
+        rows: list[tuple[str, int, str, int]] = []
+        size = 0
+        segments, sizes, change_parts, files = self.segments, self.sizes, self._change_parts, self.files
 
-    def flush(self) -> None:
-        if not self.bodies:
-            return
-        self.count += 1
-        n = self.count
-        self.sizes.append(len(self.bodies))
-        if self.segments is not None:
-            data = b'{"rows":' + _encode_payload(self.rows) + b',"items":[' + b",".join(self.bodies) + b"]}"
-            self.segments.add(n, data)
-            self._change_parts.append(_change_block(n, self.rows))
-        self.bodies, self.rows, self.size = [], [], 0
+        def flush() -> None:
+            nonlocal size
+            if not bodies:
+                return
+            self.count += 1
+            n = self.count
+            sizes.append(len(bodies))
+            if segments is not None:
+                first, last = rows[0][0], rows[-1][0]  # rows come in partition order
+                segments.add(n, encode_batch({str(f): files[f] for f in range(first, last + 1)}, rows, bodies))
+                change_parts.append(_change_block(n, rows))
+            bodies.clear()
+            rows.clear()
+            size = 0
+
+        def add(body: bytes, row: tuple[str, int, str, int]) -> None:
+            nonlocal size
+            if size + len(body) > max_bytes or len(bodies) >= max_items:
+                flush()
+            bodies.append(body)
+            rows.append(row)
+            size += len(body) + 1
+
+        return add, flush
 
     def close(self) -> None:
         """Write the last segment and the batch index; raises the first write error."""
@@ -169,7 +180,7 @@ def plan(
     state.drop_emails()  # planning needs keys, fingerprints and raw hashes only; finalise reloads the emails
 
     rejected: list[dict[str, Any]] = []
-    writer = _BatchWriter(ctx, paths, limits.max_batch_items, limits.max_body_bytes)
+    writer = _BatchWriter(ctx, paths, limits.max_batch_items, limits.max_body_bytes, snapshot.partition_names)
     with _gc_paused():
         counts, planned = plan_rows(
             ctx.source_store, export, snapshot, state, ctx.api_version, not options.full_resync, writer.add,
@@ -183,7 +194,9 @@ def plan(
         # Nothing of this run may reach Omnisend: the planned contacts become "failed" rows and their payloads go.
         assert writer.segments is not None
         rejected.extend(_unsend(writer.segments, guard["reason"]))
-        writer.sizes, writer._change_parts, counts.batches, writer.layout = [], [], 0, None
+        writer.sizes.clear()
+        writer._change_parts.clear()
+        counts.batches, writer.layout = 0, None
         planned.keep_state(state)
         log.warning("plan export=%s runId=%s %s", export.name, run_id, guard["message"])
     ctx.state_store.write(RUNS, paths.changes, writer.changes())
@@ -232,7 +245,7 @@ def dry_run(ctx: Context, export: ExportDefinition, options: RunOptions, *, fast
     state.drop_emails()
     samples: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    writer = _BatchWriter(ctx, None, limits.max_batch_items, limits.max_body_bytes)
+    writer = _BatchWriter(ctx, None, limits.max_batch_items, limits.max_body_bytes, snapshot.partition_names)
     with _gc_paused():
         counts, _ = plan_rows(
             ctx.source_store, export, snapshot, state, ctx.api_version, not options.full_resync, writer.add,
@@ -347,7 +360,7 @@ def _unsend(segments: SegmentWriter, reason: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for data in segments.batches():
         rows += [{"bucket": "failed", "file": f, "line": line, "email": email, "reason": reason}
-                 for f, line, email, _ in json.loads(data)["rows"]]
+                 for f, line, email, _ in decode_batch(data)["rows"]]
     segments.delete()
     return rows
 

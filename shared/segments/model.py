@@ -35,6 +35,11 @@ class Snapshot:
     description: str  # where it was found, for messages and reports
     total_bytes: int
 
+    @property
+    def partition_names(self) -> list[str]:
+        """Each partition's name, in reading order (planning refers to a partition by its number here)."""
+        return [p.name for p in self.partitions]
+
 
 def _fast_frozen_init(cls: Any) -> Any:
     """Give SourceRow an ``__init__`` that fills its slots directly.

@@ -38,7 +38,7 @@ class Lines:
 
     __slots__ = ("_carry", "_eof", "_salt", "_stream", "base", "bytes_read", "hashes", "lines", "part", "pos", "store")
 
-    def __init__(self, store: ObjectStore, part: Partition, salt: int) -> None:
+    def __init__(self, store: ObjectStore, part: Partition, salt: int | None) -> None:
         self.store, self.part = store, part
         try:
             self._stream: BinaryIO = store.open(part.container, part.name)
@@ -82,7 +82,7 @@ class Lines:
             if cut:
                 self.lines = data[:cut].splitlines(keepends=True)
         h, salt = raw_hash, self._salt
-        self.hashes = [h(line, salt) for line in self.lines]
+        self.hashes = [h(line, salt) for line in self.lines] if salt is not None else [0] * len(self.lines)
         return True
 
     def __iter__(self) -> Lines:

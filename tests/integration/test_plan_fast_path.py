@@ -283,3 +283,32 @@ def test_a_first_snapshot_with_quoted_line_breaks_across_blocks_plans_the_same(t
     fast, reference = _both_ways(tmp_path, root, load_export())
     _assert_same(fast, reference)
     assert fast["manifest"]["toSend"] == fast["manifest"]["valid"] > 0
+
+
+def _with_long_cells(root: Path, run: str) -> None:
+    """Every seventh row's FirstName is past the length limit (dropped); every eleventh row's line is past it while
+    each of its cells is within it (kept). The row loop skips per-field length checks only in blocks without a long
+    line, so both must come out as the reference makes them."""
+    limit = rowloop.MAX_STRING_LENGTH
+    for path in (root / sample_data.CONTAINER).rglob("*.csv"):
+        if run not in path.as_posix():
+            continue
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f))
+        first, last = sample_data.COLUMNS.index("FirstName"), sample_data.COLUMNS.index("LastName")
+        for i, row in enumerate(rows):
+            if i % 7 == 3 and len(row) > first:
+                row[first] = "N" * (limit + 1)
+            elif i % 11 == 4 and len(row) > last:
+                row[first], row[last] = "F" * limit, "L" * limit
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerows(rows)
+
+
+def test_cells_past_the_length_limit_plan_the_same_either_way(tmp_path, sim):
+    root = tmp_path / "store"
+    write_segment(root, ROWS, run=FIRST_RUN, partitions=2)
+    _with_long_cells(root, FIRST_RUN)
+    fast, reference = _both_ways(tmp_path, root, load_export())
+    _assert_same(fast, reference)
+    assert fast["manifest"]["droppedFields"]["firstName"] > ROWS // 10

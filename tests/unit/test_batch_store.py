@@ -13,6 +13,7 @@ from shared.batch_store import (
     SEGMENT_MAX_BYTES,
     BatchUnreadable,
     SegmentWriter,
+    encode_batch,
     locate,
     read_batch,
 )
@@ -105,3 +106,25 @@ def test_a_run_planned_with_one_file_per_batch_is_read_from_its_batch_files(tmp_
     store.write(RUNS, PATHS.batch(2), batch(2))
 
     assert read_batch(store, PATHS, 2) == json.loads(batch(2))
+
+
+def test_rows_stored_with_partition_numbers_read_back_with_their_paths(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    files = {"2": "Feed/Vip/part-2.csv", "3": "Feed/Vip/part-3.csv"}
+    rows = [(2, 41, "a@example.com", 7), (3, 1, "b@example.com", 2**64 - 1)]
+    planned(store, [encode_batch(files, rows, [b'{"n":1}', b'{"n":2}'])])
+
+    assert read_batch(store, PATHS, 1) == {
+        "rows": [
+            ["Feed/Vip/part-2.csv", 41, "a@example.com", 7],
+            ["Feed/Vip/part-3.csv", 1, "b@example.com", 2**64 - 1],
+        ],
+        "items": [{"n": 1}, {"n": 2}],
+    }
+
+
+def test_a_batch_written_before_partition_numbers_reads_as_it_was(tmp_path):
+    store = LocalObjectStore(tmp_path)
+    planned(store, [batch(1)])
+
+    assert read_batch(store, PATHS, 1)["rows"] == [["a.csv", 1, "p1@example.com", 1]]
