@@ -166,11 +166,13 @@ def spreadsheet_safe(value: Any) -> Any:
 def rejected_csv(rows: list[dict[str, Any]]) -> bytes:
     # CRLF line ends (RFC 4180, what spreadsheets expect): the csv module quotes a cell only when it holds a
     # character of the line terminator, so with "\n" alone a bare CR inside a cell went out unquoted and broke the row.
+    # A plan writes one line per rejected or duplicate row (~30k on the 1M-row benchmark): plain tuples through
+    # writerows, and only the text cells a reader could take for a formula are looked at.
     out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=REJECTED_COLUMNS, lineterminator="\r\n", extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(REJECTED_COLUMNS)
+    safe = spreadsheet_safe
+    writer.writerows([safe(row.get(key, "")) for key in REJECTED_COLUMNS] for row in rows)
     return out.getvalue().encode("utf-8")
 
 

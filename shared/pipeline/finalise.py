@@ -32,7 +32,7 @@ from shared.omnisend.client import UNTAG_MAX_EMAILS
 from shared.omnisend.errors import UntagNotSupported
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, log
 from shared.pipeline.plan import _mass_exit_tripped, _read_changes
-from shared.pipeline.rowloop import decode_planned
+from shared.pipeline.rowloop import PLANNED_KEYS_FORMAT, decode_planned, planned_keys_format
 from shared.pipeline.start import is_superseded, read_started, release_active
 from shared.retention import delete_payloads
 from shared.runs import (
@@ -124,6 +124,13 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
     if sum(1 for _ in ctx.state_store.list(RUNS, paths.results_prefix)) < manifest["batches"]:
         return None
     summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)
+    if summary is None and "plannedKeysFormat" not in manifest and planned_keys_format(
+        manifest, ctx.state_store.read(RUNS, paths.planned_keys)
+    ) != PLANNED_KEYS_FORMAT:
+        report = _finalise_unreadable_plan(ctx, export, run_id, paths, manifest, read_started(ctx, export.name, run_id))
+        release_active(ctx, export.name, run_id)
+        delete_payloads(ctx.state_store, paths)
+        return report
     if summary is None:
         lease = _claim(ctx, paths.finalise_claims, take_over)
         summary = _prepare(ctx, export, run_id, paths, manifest, lease.generation)
@@ -396,6 +403,46 @@ def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths
         return read_json(ctx.state_store, RUNS, paths.report)
     events.run_finished(report)
     log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
+    return report
+
+
+def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
+                              manifest: dict[str, Any], started: dict[str, Any]) -> dict[str, Any]:
+    """A run planned by an earlier version (planned-keys format 1, before issue 12) whose batches were all sent by
+    this one: its plan cannot be read back into a state, so the run ends "failed" with the state as it was and
+    nobody untagged. Nothing is lost: the next run compares with that state, so it sends this run's changes once
+    more (the same data) and untags whoever left. Every row is still in one bucket."""
+    counts = _count_results(ctx, paths)
+    sent, unconfirmed = counts.sent, len(counts.unconfirmed_rows)
+    failed = max(len(counts.failed_rows), manifest["toSend"] - sent - unconfirmed)
+    message = (
+        f"run {run_id} was planned by an earlier version of the exporter, whose plan this version cannot read back: "
+        f"its {sent:,} contacts were sent, but the membership state was left as it was before this run and nobody "
+        "was untagged. Nothing to do: the next run sends this run's changes once more (the same data) and untags "
+        "whoever left."
+    )
+    failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]).decode("utf-8")
+    plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
+    ctx.state_store.write(RUNS, paths.rejected,
+                          (plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])).encode("utf-8"))
+    now = ctx.clock()
+    report = {
+        "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
+        "message": message, "apiVersion": manifest.get("apiVersion"), "rows": manifest["rows"],
+        "valid": manifest["valid"], "rejected": manifest["rejected"], "duplicates": manifest["duplicates"],
+        "unchanged": manifest["unchanged"], "sent": sent, "failed": failed, "unconfirmed": unconfirmed,
+        "leavers": 0, "untagged": 0, "batches": manifest["batches"], "requests": counts.requests,
+        "droppedFields": manifest.get("droppedFields", {}), "stateCommitted": False,
+        "startedAt": started["startedAt"], "finishedAt": _now_iso(lambda: now),
+        "durationSeconds": round(now - started["startedAtEpoch"], 3),
+        "trigger": started["options"].get("trigger", "cli"),
+        "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
+    }
+    check_accounting(report)
+    if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
+        return read_json(ctx.state_store, RUNS, paths.report)
+    events.run_finished(report)
+    log.error("finalise export=%s runId=%s status=failed %s", export.name, run_id, message)
     return report
 
 

@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover
         return dumps(obj)
 
 from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, _snapshot_from_json, log
-from shared.pipeline.rowloop import PlanCounts, plan_rows
+from shared.pipeline.rowloop import PLANNED_KEYS_FORMAT, PlanCounts, plan_rows
 from shared.pipeline.start import read_started
 
 # Dry-run reports show DRY_RUN_SAMPLES (shared/pipeline/rowloop.py) sample payloads and this many rejected rows
@@ -217,6 +217,7 @@ def plan(
         "batchSizes": writer.sizes,
         # Where the batches are (shared/batch_store.py): the layout this attempt wrote, pinned by this manifest.
         "batchFiles": writer.layout,
+        "plannedKeysFormat": PLANNED_KEYS_FORMAT,
         "leavers": counts.leavers,
         "previousMembers": counts.previous_members,
         "droppedFields": dict(counts.dropped_fields),

@@ -102,6 +102,27 @@ class Planned:
 
 
 _COUNTS = struct.Struct("<II")
+# The layout Planned.encode writes, named in the manifest ("plannedKeysFormat"). Format 1 (before issue 12) was the
+# zlib-compressed keys alone; a run planned with it and finalised by this version ends as described in
+# shared/pipeline/finalise.py (_finalise_unreadable_plan).
+PLANNED_KEYS_FORMAT = 2
+
+
+def planned_keys_format(manifest: dict[str, Any], data: bytes) -> int:
+    """The format of a run's planned-keys.bin: the manifest says, or (runs planned before it did) the bytes do:
+    format 2's counts must add up to its length and end in the JSON list of dropped-field names."""
+    if "plannedKeysFormat" in manifest:
+        return int(manifest["plannedKeysFormat"])
+    if len(data) >= _COUNTS.size:
+        members, new = _COUNTS.unpack_from(data)
+        fixed = _COUNTS.size + 26 * members + 25 * new  # flags, 3 × uint64 per contact, one dropped byte per contact
+        if fixed < len(data):
+            try:
+                if isinstance(json.loads(data[fixed:]), list):
+                    return 2
+            except ValueError:
+                pass
+    return 1
 
 
 def _u64(data: bytes, offset: int, count: int) -> array:
@@ -376,10 +397,15 @@ def _walk_all(src: Lines, number: int, record, header_or_row, bad, ncols, fmt, p
     short = [False]  # every line of the current block is short (see record)
 
     def blocks():
-        while src.refill():
-            short[0] = _all_short(src.lines)
-            if progress is not None:
+        while True:
+            # The rows and bytes of the blocks done so far (the rows of a block are counted once csv has read it):
+            # reported before reading the next block, and not before the first, so that a small file never shows
+            # "100 %, 0 rows".
+            if progress is not None and src.bytes_read:
                 progress(done + src.bytes_read)
+            if not src.refill():
+                break
+            short[0] = _all_short(src.lines)
             try:
                 yield [line.decode("utf-8") for line in src.lines]
             except UnicodeDecodeError:

@@ -312,3 +312,25 @@ def test_cells_past_the_length_limit_plan_the_same_either_way(tmp_path, sim):
     fast, reference = _both_ways(tmp_path, root, load_export())
     _assert_same(fast, reference)
     assert fast["manifest"]["droppedFields"]["firstName"] > ROWS // 10
+
+
+@pytest.mark.parametrize("with_state", [False, True], ids=["first-run", "re-plan"])
+def test_planning_progress_counts_the_rows_of_the_bytes_it_reports(tmp_path, sim, monkeypatch, with_state):
+    """A progress report never says a share of the bytes without the rows in them (a small file once showed
+    "100 %, 0 rows"): rows are counted up to the block the bytes reach, and the last report has every row."""
+    monkeypatch.setattr(records, "BLOCK_BYTES", 4096)
+    root = tmp_path / "store"
+    if with_state:
+        _first_export(root, sim)
+    write_segment(root, ROWS, run=SECOND_RUN if with_state else FIRST_RUN, partitions=2, changed_fraction=0.1)
+    ctx = make_context(root, sim.base_url)
+    started = start_run(ctx, load_export(), RunOptions(force=True))
+    reports: list[tuple[int, int]] = []
+    manifest = plan(ctx, load_export(), started.run_id, progress=lambda rows, nbytes: reports.append((rows, nbytes)))
+
+    assert len(reports) > 4 and all(rows > 0 for rows, _ in reports)
+    assert reports == sorted(reports)
+    assert reports[-1][0] == manifest["rows"]
+    # Rows keep pace with bytes: about ROWS rows per partition of about the same size.
+    total = reports[-1][1]
+    assert all(abs(rows / manifest["rows"] - nbytes / total) < 0.15 for rows, nbytes in reports)
