@@ -82,10 +82,13 @@ def main() -> None:
         # The state a finalise writes when every planned contact was delivered (the bench has no Omnisend).
         run_id = sys.argv[3]
         paths = RunPaths(EXPORT, run_id)
-        keys, fps, raws, dropped = decode_planned(store.read(names.RUNS_CONTAINER, paths.planned_keys))
+        manifest = json.loads(store.read(names.RUNS_CONTAINER, paths.manifest))
+        keys, fps, raws, dropped = decode_planned(
+            store.read(names.RUNS_CONTAINER, paths.plan_file(manifest, "planned-keys.bin"))
+        )
         by_key = {}
         previous = load_state(store, EXPORT)
-        changes = _read_changes(store.read(names.RUNS_CONTAINER, paths.changes))
+        changes = _read_changes(store.read(names.RUNS_CONTAINER, paths.plan_file(manifest, "changes.bin")))
         from shared.contacts import email_key
 
         sent = {email_key(e): e for e, _, _ in changes}

@@ -30,7 +30,7 @@ from shared.storage import NotFound, ObjectStore, StoredObject
 RUNS = names.RUNS_CONTAINER
 SECONDS_PER_DAY = 86_400
 # Files of a run folder that hold whole contacts (relative to the run folder); see the layout in shared/runs.py.
-PAYLOAD_PREFIXES = ("batches/",)
+PAYLOAD_PREFIXES = ("batches/", "plan/")
 PAYLOAD_FILES = ("changes.bin", "planned-keys.bin")
 
 

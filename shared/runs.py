@@ -10,9 +10,14 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/batches/<layout>/index.bin batch n -> (segment, offset, length); the manifest names the
                                               layout (shared/batch_store.py). Runs planned before segments
                                               have batches/<n>.json, one file per batch, still read.
-    <export>/runs/<runId>/changes.bin         email + fingerprint + batch of every contact to send, for the new state
-    <export>/runs/<runId>/planned-keys.bin    keys of every valid contact in the snapshot, to find leavers
-    <export>/runs/<runId>/plan-rejected.csv   rows rejected or deduplicated while planning
+    <export>/runs/<runId>/plan/<attempt>/changes.bin        email + fingerprint + batch of every contact to send,
+                                              for the new state
+    <export>/runs/<runId>/plan/<attempt>/planned-keys.bin   keys, fingerprints and raw-record hashes of every valid
+                                              contact in the snapshot, to find leavers and write the new state
+    <export>/runs/<runId>/plan/<attempt>/plan-rejected.csv  rows rejected or deduplicated while planning
+                                              (each planning attempt writes its own three, created once; the
+                                              manifest names the attempt. Runs planned before attempts had
+                                              folders keep them in the run folder, still read.)
     <export>/runs/<runId>/sent/<n>.a<k>.json   attempt k of batch n was submitted: Omnisend's batchID
     <export>/runs/<runId>/outcome/<n>.a<k>.json what attempt k ended with (failed items)
     <export>/runs/<runId>/claims/<n>.g<k>.json  generation k of the send claim on batch n (expires; see send.py)
@@ -31,7 +36,8 @@ with if-none-match, so a redelivered message or a re-run changes nothing twice:
     <export>/runs/<runId>/heartbeat.json      the CLI process working on the run is alive (stale: interrupted)
     <export>/runs/<runId>/rejected.csv        every row that did not reach Omnisend, and why
 
-Once the report is written, batches/, changes.bin and planned-keys.bin are deleted (the payloads); the rest of the
+Once the report is written, batches/ and plan/ are deleted (the payloads; rejected.csv holds plan-rejected.csv's
+rows), as are changes.bin and planned-keys.bin of a run planned before plan/ existed; the rest of the
 folder is deleted RUN_RETENTION_DAYS after the run finished (shared/retention.py). The export's membership state is
 not here: it lives in ``names.STATE_CONTAINER`` (shared/state.py), so run
 artifacts can expire without ever touching it.
@@ -99,9 +105,17 @@ class RunPaths:
 
     started = property(lambda self: f"{self.root}/started.json")
     manifest = property(lambda self: f"{self.root}/manifest.json")
+    # Where runs planned before planning attempts had folders keep these; see plan_file.
     changes = property(lambda self: f"{self.root}/changes.bin")
     planned_keys = property(lambda self: f"{self.root}/planned-keys.bin")
     plan_rejected = property(lambda self: f"{self.root}/plan-rejected.csv")
+
+    def plan_file(self, manifest: dict[str, Any] | None, name: str) -> str:
+        """A planning attempt's ``changes.bin``, ``planned-keys.bin`` or ``plan-rejected.csv``: in the attempt's
+        own folder, which the manifest names (so a twin planner that lost the manifest race never overwrites the
+        files of the one that won), or in the run folder for a run planned before attempts had folders."""
+        folder = (manifest or {}).get("planFiles")
+        return f"{self.root}/{folder}{name}" if folder else f"{self.root}/{name}"
     report = property(lambda self: f"{self.root}/report.json")
     failure = property(lambda self: f"{self.root}/failure.json")
     superseded = property(lambda self: f"{self.root}/superseded.json")

@@ -125,7 +125,7 @@ def finalise(ctx: Context, export: ExportDefinition, run_id: str, *, take_over: 
         return None
     summary = read_json(ctx.state_store, RUNS, paths.finalise_summary)
     if summary is None and "plannedKeysFormat" not in manifest and planned_keys_format(
-        manifest, ctx.state_store.read(RUNS, paths.planned_keys)
+        manifest, ctx.state_store.read(RUNS, paths.plan_file(manifest, "planned-keys.bin"))
     ) != PLANNED_KEYS_FORMAT:
         report = _finalise_unreadable_plan(ctx, export, run_id, paths, manifest, read_started(ctx, export.name, run_id))
         release_active(ctx, export.name, run_id)
@@ -177,8 +177,8 @@ def _prepare(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPath
     # Even after --full-resync the previous state still tells who left the segment.
     previous = load_state(ctx.state_store, export.name)
     stale = previous.meta.is_newer_than(started["snapshot"], started["startedAtEpoch"])
-    keys, fps, raws, dropped = decode_planned(ctx.state_store.read(RUNS, paths.planned_keys))
-    changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
+    keys, fps, raws, dropped = decode_planned(ctx.state_store.read(RUNS, paths.plan_file(manifest, "planned-keys.bin")))
+    changes = _read_changes(ctx.state_store.read(RUNS, paths.plan_file(manifest, "changes.bin")))
     failed_emails = counts.not_delivered  # unconfirmed contacts stay out too: the next run sends them again
     # Planned contacts carry the fingerprint and raw hash to keep (new, refreshed, or as stored); the ones this run
     # sent keep theirs only if delivered; the rest are members, whose emails the previous state holds.
@@ -303,7 +303,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
         # state is saved: if this fails (RetryLater), finalise is retried and nothing has advanced; adding a tag
         # twice on a redo leaves it added.
         failed_emails = counts.not_delivered
-        changes = _read_changes(ctx.state_store.read(RUNS, paths.changes))
+        changes = _read_changes(ctx.state_store.read(RUNS, paths.plan_file(manifest, "changes.bin")))
         before = ctx.client.thread_requests
         ctx.client.add_tags([e for e, _, _ in changes if e not in failed_emails], list(export.tags))
         requests += ctx.client.thread_requests - before
@@ -327,7 +327,7 @@ def _complete(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPat
         message = " ".join(m for m in (message, f"{n:,} contact{'' if n == 1 else 's'} unconfirmed: submitted, but "
                                        "Omnisend never confirmed their fate; the next run sends them again.") if m)
 
-    plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
+    plan_rejected = ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv")).decode("utf-8")
     failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]
                               + [{**row, "bucket": "unconfirmed", "reason": row.get("omnisendMessage") or "",
                                   "omnisendMessage": ""} for row in counts.unconfirmed_rows]).decode("utf-8")
@@ -384,7 +384,8 @@ def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths
     """A run the mapping guard stopped at planning: nothing was sent, nobody is untagged, the state is untouched
     (a wrong mapping must not make every member a leaver). Its planned rows are in plan-rejected.csv as failed."""
     guard = manifest["guard"]
-    ctx.state_store.write(RUNS, paths.rejected, ctx.state_store.read(RUNS, paths.plan_rejected))
+    plan_rejected = ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv"))
+    ctx.state_store.write(RUNS, paths.rejected, plan_rejected)
     now = ctx.clock()
     report = {
         "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
@@ -422,7 +423,7 @@ def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: st
         "whoever left."
     )
     failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]).decode("utf-8")
-    plan_rejected = ctx.state_store.read(RUNS, paths.plan_rejected).decode("utf-8")
+    plan_rejected = ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv")).decode("utf-8")
     ctx.state_store.write(RUNS, paths.rejected,
                           (plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])).encode("utf-8"))
     now = ctx.clock()

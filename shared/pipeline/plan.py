@@ -6,6 +6,7 @@ import gc
 import struct
 import sys
 import time
+import uuid
 from array import array
 from collections import Counter
 from collections.abc import Callable
@@ -199,9 +200,16 @@ def plan(
         counts.batches, writer.layout = 0, None
         planned.keep_state(state)
         log.warning("plan export=%s runId=%s %s", export.name, run_id, guard["message"])
-    ctx.state_store.write(RUNS, paths.changes, writer.changes())
-    ctx.state_store.write(RUNS, paths.planned_keys, planned.encode(state))
-    ctx.state_store.write(RUNS, paths.plan_rejected, rejected_csv(rejected))
+    # This attempt's own files, created once in a fresh folder: a twin planner of the same run (a redelivered plan
+    # message, perhaps with an edited definition or another version) writes its own, and the manifest created
+    # first picks whose are read.
+    plan_files = {"planFiles": f"plan/{uuid.uuid4().hex[:16]}/"}
+    for name, data in (
+        ("changes.bin", writer.changes()),
+        ("planned-keys.bin", planned.encode(state)),
+        ("plan-rejected.csv", rejected_csv(rejected)),
+    ):
+        ctx.state_store.create(RUNS, paths.plan_file(plan_files, name), data)
     manifest = {
         "runId": run_id,
         "export": export.name,
@@ -218,6 +226,7 @@ def plan(
         # Where the batches are (shared/batch_store.py): the layout this attempt wrote, pinned by this manifest.
         "batchFiles": writer.layout,
         "plannedKeysFormat": PLANNED_KEYS_FORMAT,
+        **plan_files,
         "leavers": counts.leavers,
         "previousMembers": counts.previous_members,
         "droppedFields": dict(counts.dropped_fields),

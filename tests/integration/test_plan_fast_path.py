@@ -30,6 +30,7 @@ ROWS = 600
 # Fields that say when and how fast, not what.
 TIMING = ("plannedAt", "planSeconds")
 LAYOUT = "batches/<layout>/"
+ATTEMPT = "plan/<attempt>/"
 
 
 def _run_folder(root: Path, export_name: str, run_id: str) -> Path:
@@ -49,11 +50,14 @@ def _plan(root: Path, definition, fast: bool, api_version: str = "2026-03-15") -
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name not in ("manifest.json", "planned-keys.bin", "started.json")
     }
-    keys, fps, _, dropped = rowloop.decode_planned((folder / "planned-keys.bin").read_bytes())
-    # Segment files live in a fresh random layout folder per planning attempt (shared/batch_store.py): compare the
-    # layout's contents, not its name.
+    keys, fps, _, dropped = rowloop.decode_planned((folder / manifest["planFiles"] / "planned-keys.bin").read_bytes())
+    # Segment files and plan files live in fresh random folders per planning attempt (shared/batch_store.py,
+    # shared/pipeline/plan.py): compare their contents, not their names.
     layout = manifest.get("batchFiles", {}).get("folder")
+    attempt = manifest["planFiles"]
     manifest = {k: v for k, v in manifest.items() if k not in TIMING}
+    manifest["planFiles"] = ATTEMPT
+    files = {name.replace(attempt, ATTEMPT, 1): data for name, data in files.items()}
     if layout:
         manifest["batchFiles"] = {**manifest["batchFiles"], "folder": LAYOUT}
         files = {name.replace(layout, LAYOUT, 1): data for name, data in files.items()}
@@ -87,7 +91,7 @@ def _first_export(root: Path, sim, definition=None, **kw) -> dict:
 
 
 def _rejected_and_duplicates(result: dict) -> list[str]:
-    text = result["files"]["plan-rejected.csv"].decode("utf-8")
+    text = result["files"][ATTEMPT + "plan-rejected.csv"].decode("utf-8")
     return [line for line in text.splitlines()[1:] if line]
 
 

@@ -39,7 +39,7 @@ def test_after_finalise_no_payload_file_remains(exported):
     ctx, report = exported
     files = run_files(ctx, report)
     assert report["batches"] == 3
-    assert not any(f.startswith("batches/") for f in files)
+    assert not any(f.startswith(("batches/", "plan/")) for f in files)
     assert "changes.bin" not in files and "planned-keys.bin" not in files
     assert {"report.json", "rejected.csv", "manifest.json", "started.json"} <= files
 

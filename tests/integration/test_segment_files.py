@@ -4,6 +4,7 @@ into, twin planners agree on one layout, and a run planned with one file per bat
 
 from __future__ import annotations
 
+import importlib
 import threading
 
 import pytest
@@ -155,3 +156,37 @@ def test_a_batch_the_run_does_not_have_is_not_found(tmp_path, sim):
 
     with pytest.raises(NotFound, match="batch 11 of run"):
         read_batch(ctx.state_store, RunPaths("vip", run_id), manifest["batches"] + 1)
+
+
+def test_a_twin_planner_that_loses_the_manifest_race_leaves_the_winners_plan_files_alone(tmp_path, sim, monkeypatch):
+    """The twin read the definition after someone added a tag: its payloads, changes and planned keys differ. It
+    finishes after the winner created the manifest; what finalise reads is still the winner's plan, so the state
+    holds the fingerprints of what was sent."""
+    write_segment(tmp_path, 500, messy=False)
+    ctx = make_context(tmp_path, sim.base_url)
+    run_id = start_run(ctx, load_export(), RunOptions()).run_id
+    winner = plan(ctx, load_export(), run_id)
+    paths = RunPaths("vip", run_id)
+    # The twin started before the manifest existed: it does not see it at its start.
+    plan_module = importlib.import_module("shared.pipeline.plan")
+    real_read_json = plan_module.read_json
+    unseen = [paths.manifest]  # the first read of the manifest only
+
+    def read_json(store, container, name):
+        if name in unseen:
+            unseen.remove(name)
+            return None
+        return real_read_json(store, container, name)
+
+    monkeypatch.setattr(plan_module, "read_json", read_json)
+    loser = plan(make_context(tmp_path, sim.base_url), load_export(tags=["ci-vip", "added-later"]), run_id)
+    monkeypatch.undo()
+
+    assert loser == winner  # it read back the manifest that won
+    report = export(ctx)
+    assert report["runId"] == run_id and report["status"] == "succeeded" and report["sent"] == 500
+    # The next run of the same definition and snapshot finds everyone unchanged: the state holds the fingerprints
+    # of the payloads the winner planned and sent, not the twin's.
+    again = export(make_context(tmp_path, sim.base_url), force=True)
+    assert again["sent"] == 0 and again["unchanged"] == 500
+    assert not [f for f in run_files(ctx, paths) if f.startswith(("plan/", "batches/"))]

@@ -16,14 +16,18 @@ ROWS = 400
 
 
 def _planned_then_upgraded(tmp_path, sim, planned_keys: bytes | None):
-    """Plan a run, then make its files look as an earlier version left them: no plannedKeysFormat in the manifest
-    and, when given, another planned-keys.bin."""
+    """Plan a run, then make its files look as an earlier version left them: the plan files in the run folder, no
+    plannedKeysFormat nor planFiles in the manifest and, when given, another planned-keys.bin."""
     write_segment(tmp_path, ROWS, messy=False)
     ctx = make_context(tmp_path, sim.base_url)
     started = start_run(ctx, load_export(), RunOptions(force=True))
     manifest = plan(ctx, load_export(), started.run_id)
     paths = RunPaths("vip", started.run_id)
+    for name in ("changes.bin", "planned-keys.bin", "plan-rejected.csv"):
+        data = ctx.state_store.read(RUNS_CONTAINER, paths.plan_file(manifest, name))
+        ctx.state_store.write(RUNS_CONTAINER, f"{paths.root}/{name}", data)
     manifest.pop("plannedKeysFormat")
+    manifest.pop("planFiles")
     ctx.state_store.write(RUNS_CONTAINER, paths.manifest, json.dumps(manifest).encode())
     if planned_keys is not None:
         ctx.state_store.write(RUNS_CONTAINER, paths.planned_keys, planned_keys)
