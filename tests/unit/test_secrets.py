@@ -191,7 +191,9 @@ def test_a_malformed_key_from_key_vault_is_refused_without_showing_it(vault, clo
         provider(vault, clock).get()
     assert caught.value.exit_code == 5
     assert problem in str(caught.value) and SECRET in str(caught.value)
-    assert "abc" not in str(caught.value) and "123" not in str(caught.value)
+    # The vault's address is named, and its random port may hold "123": look for the key's pieces elsewhere.
+    shown = str(caught.value).replace(vault.url.rstrip("/"), "<vault>")
+    assert "abc" not in shown and "123" not in shown
 
 
 def test_a_trailing_newline_of_a_key_file_is_trimmed(vault, clock):
