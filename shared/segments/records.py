@@ -14,6 +14,7 @@ come from ``csv`` itself, never from counting quotes.
 
 from __future__ import annotations
 
+from itertools import repeat
 from typing import BinaryIO
 
 from shared.errors import SnapshotError
@@ -81,8 +82,9 @@ class Lines:
             self._carry = data[cut:]
             if cut:
                 self.lines = data[:cut].splitlines(keepends=True)
-        h, salt = raw_hash, self._salt
-        self.hashes = [h(line, salt) for line in self.lines] if salt is not None else [0] * len(self.lines)
+        # map() over the C functions: no Python frame per line.
+        salt = self._salt
+        self.hashes = list(map(raw_hash, self.lines, repeat(salt))) if salt is not None else [0] * len(self.lines)
         return True
 
     def __iter__(self) -> Lines:
