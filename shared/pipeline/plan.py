@@ -204,12 +204,12 @@ def plan(
     # message, perhaps with an edited definition or another version) writes its own, and the manifest created
     # first picks whose are read.
     plan_files = {"planFiles": f"plan/{uuid.uuid4().hex[:16]}/"}
-    for name, data in (
-        ("changes.bin", writer.changes()),
-        ("planned-keys.bin", planned.encode(state)),
-        ("plan-rejected.csv", rejected_csv(rejected)),
+    for name, data in (  # one at a time: built, written, freed (together they are ~70 MB per 1M contacts)
+        ("changes.bin", writer.changes),
+        ("planned-keys.bin", lambda: planned.encode(state)),
+        ("plan-rejected.csv", lambda: rejected_csv(rejected)),
     ):
-        ctx.state_store.create(RUNS, paths.plan_file(plan_files, name), data)
+        ctx.state_store.create(RUNS, paths.plan_file(plan_files, name), data())
     manifest = {
         "runId": run_id,
         "export": export.name,
