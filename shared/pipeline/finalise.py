@@ -384,27 +384,12 @@ def _finalise_guarded(ctx: Context, export: ExportDefinition, run_id: str, paths
     """A run the mapping guard stopped at planning: nothing was sent, nobody is untagged, the state is untouched
     (a wrong mapping must not make every member a leaver). Its planned rows are in plan-rejected.csv as failed."""
     guard = manifest["guard"]
-    plan_rejected = ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv"))
-    ctx.state_store.write(RUNS, paths.rejected, plan_rejected)
-    now = ctx.clock()
-    report = {
-        "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
-        "message": guard["message"], "apiVersion": manifest["apiVersion"], "rows": manifest["rows"],
-        "valid": manifest["valid"], "rejected": manifest["rejected"], "duplicates": manifest["duplicates"],
-        "unchanged": manifest["unchanged"], "sent": 0, "failed": guard["notSent"], "unconfirmed": 0, "leavers": 0,
-        "untagged": 0,
-        "batches": 0, "requests": 0, "droppedFields": manifest["droppedFields"], "mappingGuard": guard,
-        "startedAt": started["startedAt"], "finishedAt": _now_iso(lambda: now),
-        "durationSeconds": round(now - started["startedAtEpoch"], 3),
-        "trigger": started["options"].get("trigger", "cli"),
-        "rejectedCsv": ctx.state_store.describe(RUNS, paths.rejected),
-    }
-    check_accounting(report)
-    if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
-        return read_json(ctx.state_store, RUNS, paths.report)
-    events.run_finished(report)
-    log.info("finalise export=%s runId=%s status=failed %s", export.name, run_id, guard["message"])
-    return report
+    return _finish_without_state(
+        ctx, export, run_id, paths, manifest, started, guard["message"],
+        ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv")),
+        {"sent": 0, "failed": guard["notSent"], "unconfirmed": 0, "batches": 0, "requests": 0,
+         "mappingGuard": guard},
+    )
 
 
 def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
@@ -415,7 +400,6 @@ def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: st
     more (the same data) and untags whoever left. Every row is still in one bucket."""
     counts = _count_results(ctx, paths)
     sent, unconfirmed = counts.sent, len(counts.unconfirmed_rows)
-    failed = max(len(counts.failed_rows), manifest["toSend"] - sent - unconfirmed)
     message = (
         f"run {run_id} was planned by an earlier version of the exporter, whose plan this version cannot read back: "
         f"its {sent:,} contacts were sent, but the membership state was left as it was before this run and nobody "
@@ -424,16 +408,28 @@ def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: st
     )
     failed_csv = rejected_csv([failed_row_for_csv(row) for row in counts.failed_rows]).decode("utf-8")
     plan_rejected = ctx.state_store.read(RUNS, paths.plan_file(manifest, "plan-rejected.csv")).decode("utf-8")
-    ctx.state_store.write(RUNS, paths.rejected,
-                          (plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])).encode("utf-8"))
+    return _finish_without_state(
+        ctx, export, run_id, paths, manifest, started, message,
+        (plan_rejected + "".join(failed_csv.splitlines(keepends=True)[1:])).encode("utf-8"),
+        {"sent": sent, "failed": max(len(counts.failed_rows), manifest["toSend"] - sent - unconfirmed),
+         "unconfirmed": unconfirmed, "batches": manifest["batches"], "requests": counts.requests,
+         "stateCommitted": False},
+    )
+
+
+def _finish_without_state(ctx: Context, export: ExportDefinition, run_id: str, paths: RunPaths,
+                          manifest: dict[str, Any], started: dict[str, Any], message: str, rejected: bytes,
+                          outcome: dict[str, Any]) -> dict[str, Any]:
+    """The report of a run that ends "failed" without touching the state or untagging anyone: rejected.csv, then
+    the report (created once: a twin finaliser reads the one that won)."""
+    ctx.state_store.write(RUNS, paths.rejected, rejected)
     now = ctx.clock()
     report = {
         "runId": run_id, "export": export.name, "snapshot": manifest["snapshot"], "status": "failed",
         "message": message, "apiVersion": manifest.get("apiVersion"), "rows": manifest["rows"],
         "valid": manifest["valid"], "rejected": manifest["rejected"], "duplicates": manifest["duplicates"],
-        "unchanged": manifest["unchanged"], "sent": sent, "failed": failed, "unconfirmed": unconfirmed,
-        "leavers": 0, "untagged": 0, "batches": manifest["batches"], "requests": counts.requests,
-        "droppedFields": manifest.get("droppedFields", {}), "stateCommitted": False,
+        "unchanged": manifest["unchanged"], "leavers": 0, "untagged": 0,
+        "droppedFields": manifest.get("droppedFields", {}), **outcome,
         "startedAt": started["startedAt"], "finishedAt": _now_iso(lambda: now),
         "durationSeconds": round(now - started["startedAtEpoch"], 3),
         "trigger": started["options"].get("trigger", "cli"),
@@ -443,7 +439,7 @@ def _finalise_unreadable_plan(ctx: Context, export: ExportDefinition, run_id: st
     if not ctx.state_store.create(RUNS, paths.report, dumps(report)):
         return read_json(ctx.state_store, RUNS, paths.report)
     events.run_finished(report)
-    log.error("finalise export=%s runId=%s status=failed %s", export.name, run_id, message)
+    log.warning("finalise export=%s runId=%s status=failed %s", export.name, run_id, message)
     return report
 
 
