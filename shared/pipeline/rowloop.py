@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
-from typing import Any
+from typing import Any, NamedTuple
 
 from shared import hashing
 from shared.contacts import MAX_STRING_LENGTH, ContactMapper
@@ -353,28 +353,15 @@ def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progres
         reason = _bad_count(ncols, fields, line, last)
         on_reject({"bucket": "rejected", "file": file, "line": line, "email": "", "reason": reason})
 
+    walk = _Walk(record, header_or_row, bad, ncols, fmt, progress, tally)
     for number, part in enumerate(snapshot.partitions):
         src = Lines(store, part, salt)  # salt None: lines are not hashed (every hash 0)
         try:
             if lookup:
-                hits += _walk_with_lookup(
-                    src,
-                    number,
-                    lookup,
-                    claimed,
-                    record,
-                    header_or_row,
-                    bad,
-                    ncols,
-                    fmt,
-                    progress,
-                    tally,
-                    done,
-                    hits,
-                    (state.dropped, state.dropped_names, dropped_fields),
-                )
+                drops = (state.dropped, state.dropped_names, dropped_fields)
+                hits += _walk_with_lookup(src, number, walk, done, lookup, claimed, hits, drops)
             else:
-                _walk_all(src, number, record, header_or_row, bad, ncols, fmt, progress, tally, done)
+                _walk_all(src, number, walk, done)
         except csv.Error as e:
             raise SnapshotError(
                 f"{store.describe(part.container, part.name)} near line {src.base + src.pos}: bad CSV ({e}); "
@@ -389,9 +376,22 @@ def _fast_rows(store, snapshot, salt, state, claimed, record, on_reject, progres
     return hits
 
 
-def _walk_all(src: Lines, number: int, record, header_or_row, bad, ncols, fmt, progress, tally, done) -> None:
+class _Walk(NamedTuple):
+    """What both partition walkers hand rows to, and how they read and report."""
+
+    record: Callable[[int, int, list[str], int, bool], None]  # the full path for one parsed record
+    header_or_row: Callable[[str, int, int, list[str]], bool]  # the first record: a row (True) or a header row
+    bad: Callable[[str, int, int, list[str]], None]  # a record with the wrong number of fields
+    ncols: int
+    fmt: Any  # the snapshot's CsvFormat
+    progress: Callable[[int], None] | None
+    tally: list[int]
+
+
+def _walk_all(src: Lines, number: int, walk: _Walk, done: int) -> None:
     """No stored raw hash to look for (first run, full resync): ``csv`` reads every line, decoded a block at a
     time and pulled through C iterators; each single-line record still gets its raw hash for the next run."""
+    record, header_or_row, bad, ncols, fmt, progress, _ = walk
     file = src.part.name
     where = src.store.describe(src.part.container, file)
 
@@ -436,24 +436,13 @@ def _walk_all(src: Lines, number: int, record, header_or_row, bad, ncols, fmt, p
 
 
 def _walk_with_lookup(
-    src: Lines,
-    number: int,
-    lookup,
-    claimed,
-    record,
-    header_or_row,
-    bad,
-    ncols,
-    fmt,
-    progress,
-    tally,
-    done,
-    hits_before,
-    drops,
+    src: Lines, number: int, walk: _Walk, done: int, lookup: dict[int, int], claimed: bytearray, hits_before: int,
+    drops: tuple,
 ) -> int:
     """Every line whose raw hash names a member not yet claimed is that member, unchanged (and counts the fields its
     row dropped, as stored); ``csv`` parses the others (pulling lines one at a time from ``src``, so a record with a
     quoted line break may span blocks)."""
+    record, header_or_row, bad, ncols, fmt, progress, tally = walk
     dropped, dropped_names, dropped_fields = drops
     file = src.part.name
     where = src.store.describe(src.part.container, file)
