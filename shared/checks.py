@@ -5,8 +5,8 @@ settings and export definitions (2); the request budget within Omnisend's 1-400 
 enabled export, its newest snapshot found as a run would find it (4) and every mapped and consent column present
 in it, with the closest column name when one is misspelt (2); online, for every connection (Omnisend brand), its
 key read from Key Vault or its environment variable (5) and one read-only authenticated request to that brand
-(5 refused key, 3 unreachable or wrong URL). Nothing is written anywhere and no contact data is read, only each
-snapshot's column names.
+(5 refused key, 3 unreachable, 2 a base URL Omnisend answers 404 to, as a run exits). Nothing is written anywhere
+and no contact data is read, only each snapshot's column names.
 """
 
 from __future__ import annotations
@@ -222,5 +222,6 @@ def check_online(settings: Settings, connection: Connection = IMPLICIT_DEFAULT,
         if exc.status == 404:
             hint = (f"; OMNISEND_BASE_URL is the host only (such as https://api.omnisend.com): the client adds "
                     f"{client.limits.base_path} itself")
-        return "not checked", [Problem("omnisend", base, f"{exc}{hint}", EXIT_UNREACHABLE)]
+        # exc.exit_code: 2 for a 404 (BaseUrlNotFound: the setting is wrong), as a run exits; else 3.
+        return "not checked", [Problem("omnisend", base, f"{exc}{hint}", exc.exit_code)]
     return "accepted", []
