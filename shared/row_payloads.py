@@ -1,4 +1,4 @@
-"""An export's mapping compiled into one function: a row's fields → (email, payload dict, dropped field names).
+"""An export's mapping compiled into Python functions: a row's fields → (email, payload dict, dropped field names).
 
 Planning runs this once per row that is not recognised unchanged (a million times on a first run). The reference
 is ``ContactMapper.map`` (shared/contacts.py) followed by ``build_contact_payload`` (shared/omnisend/payloads.py):
@@ -38,7 +38,7 @@ from shared.exports import ExportDefinition, normalise_consent_value
 from shared.omnisend.limits import API_2026, API_V3
 from shared.omnisend.payloads import OLD_STATUS_DATE
 
-# fields -> (email, payload, dropped names or None), or RejectRow.
+# fields -> (email, payload, dropped names or None), or RejectRow. Two per export: see RowPayloads.
 RowPayload = Callable[[list[str]], tuple[str, dict, "list[str] | None"]]
 
 
