@@ -3,7 +3,8 @@
 The fast path (issue 12): the state keeps, per member, a salted 64-bit hash of the raw CSV record that produced what
 was last delivered. A row whose raw bytes hash to a stored value of a member not yet claimed in this run is that
 member, unchanged: it is counted without being parsed, mapped, validated or encoded. Every other row (a miss) goes
-down the full path: ``csv`` parses it, ContactMapper maps it, the payload is encoded, and the payload fingerprint
+down the full path: ``csv`` parses it, the export's compiled row function (shared/row_payloads.py; the reference
+path uses ContactMapper) maps it into its payload, the payload is encoded, and the payload fingerprint
 decides as before, so what is sent is exactly what the full path alone would send. A miss whose payload is
 unchanged gets its stored raw hash refreshed. Duplicates stay "first wins" in file order (a hit on a member already
 claimed goes down the full path and is reported there); leavers are the members nobody claimed.
