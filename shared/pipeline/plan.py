@@ -19,6 +19,9 @@ from shared.exports import ExportDefinition, ensure_runnable
 from shared.logs import mask_email
 from shared.omnisend import API_LIMITS
 from shared.omnisend.payloads import OLD_STATUS_DATE
+from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, _snapshot_from_json, log
+from shared.pipeline.rowloop import PLANNED_KEYS_FORMAT, PlanCounts, plan_rows
+from shared.pipeline.start import read_started
 from shared.runs import (
     RunPaths,
     dumps,
@@ -27,16 +30,6 @@ from shared.runs import (
 )
 from shared.segments import discover_snapshot
 from shared.state import load_state
-
-try:  # orjson is in requirements.txt; the stdlib fallback keeps a bare checkout importable
-    from orjson import dumps as _encode_payload
-except ImportError:  # pragma: no cover
-    def _encode_payload(obj: Any) -> bytes:
-        return dumps(obj)
-
-from shared.pipeline.context import RUNS, Context, RunOptions, _now_iso, _snapshot_from_json, log
-from shared.pipeline.rowloop import PLANNED_KEYS_FORMAT, PlanCounts, plan_rows
-from shared.pipeline.start import read_started
 
 # Dry-run reports show DRY_RUN_SAMPLES (shared/pipeline/rowloop.py) sample payloads and this many rejected rows
 # (every value masked: see _mask_payload).
@@ -70,7 +63,7 @@ class _BatchWriter:
         """``add(body, row)`` and ``flush()``. Closures over local lists and a cell, not methods over attributes:
         ``add`` runs once per planned contact, and this way it costs about half as much."""
         bodies: list[bytes] = []
-        rows: list[tuple[str, int, str, int]] = []
+        rows: list[tuple[int, int, str, int]] = []
         size = 0
         segments, sizes, change_parts, files = self.segments, self.sizes, self._change_parts, self.files
 
@@ -89,7 +82,7 @@ class _BatchWriter:
             rows.clear()
             size = 0
 
-        def add(body: bytes, row: tuple[str, int, str, int]) -> None:
+        def add(body: bytes, row: tuple[int, int, str, int]) -> None:
             nonlocal size
             if size + len(body) > max_bytes or len(bodies) >= max_items:
                 flush()
@@ -116,7 +109,7 @@ _BLOCK_HEAD = struct.Struct("<II")
 _LENGTH = struct.Struct("<I")
 
 
-def _change_block(batch: int, rows: list[tuple[str, int, str, int]]) -> bytes:
+def _change_block(batch: int, rows: list[tuple[int, int, str, int]]) -> bytes:
     emails = "\n".join([r[2] for r in rows]).encode()
     fps = array("Q", [r[3] for r in rows])
     if sys.byteorder != "little":  # pragma: no cover

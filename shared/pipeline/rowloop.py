@@ -173,7 +173,7 @@ def plan_rows(
     state: MemberState,
     api_version: str,
     compare: bool,
-    add: Callable[[bytes, tuple[str, int, str, int]], None],
+    add: Callable[[bytes, tuple[int, int, str, int]], None],
     on_reject: Callable[[dict[str, Any]], None],
     on_sample: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
