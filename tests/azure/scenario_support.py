@@ -52,6 +52,15 @@ RELEASE_LEAD = 0.5
 SEND_THREADS = 8
 # Plan and verify pick-up lag does not matter here: idle polling at 1 s spares the shared CPU (sends: 0.5 s).
 SLOW_POLL = {"plan_stage": 1.0, "verify_stage": 1.0}
+# The scaled numbers above as tests/azure/app_wiring.wire takes them (bootstrap_kwargs of every scenario host).
+SCALED_WIRING = {
+    "verify_delay": VERIFY_DELAY,
+    "late_tolerance": LATE_TOLERANCE,
+    "send_backoff": SEND_BACKOFF,
+    "slot_wait": SLOT_WAIT,
+    "release_lead": RELEASE_LEAD,
+    "claim_seconds": CLAIM_SECONDS,
+}
 # The source's second CDM run folder (a newer snapshot of the same export).
 SECOND_SNAPSHOT = "2026/11/29/0205"
 
@@ -111,18 +120,7 @@ class Scenario:
     def upload_snapshot(self, export: Export, rows: int, **kw: Any) -> set[str]:
         """Upload a CDM run folder (``run=``, ``drop_fraction=``... as sample_data.write_export) into the export's
         source container; returns its valid emails."""
-        local = self.tmp / uuid.uuid4().hex
-        sample_data.write_export(local, rows, seed=export.seed, messy=False, **kw)
-        container = self.blobs.get_container_client(export.source)
-        base = local / sample_data.CONTAINER
-        emails: set[str] = set()
-        for path in base.rglob("*"):
-            if path.is_file():
-                container.upload_blob(path.relative_to(base).as_posix(), path.read_bytes(), overwrite=True)
-                if path.suffix == ".csv":
-                    with path.open(encoding="utf-8", newline="") as f:
-                        emails |= {row[3].strip().lower() for row in csv.reader(f)}
-        return emails
+        return upload_export(self.blobs, self.tmp, export.source, rows, seed=export.seed, **kw)
 
     def host(self, workers: int, wiring: dict[str, Any] | None = None, **config: Any) -> ConcurrentHost:
         """The app in ``workers`` processes. ``wiring``: tests/azure/app_wiring.wire arguments to override;
@@ -146,12 +144,7 @@ class Scenario:
                 "requests_per_minute": BUDGET_PER_MINUTE,
                 "queue_prefix": self.queue_prefix,
                 "budget_container": self.budget_container,
-                "verify_delay": VERIFY_DELAY,
-                "late_tolerance": LATE_TOLERANCE,
-                "send_backoff": SEND_BACKOFF,
-                "slot_wait": SLOT_WAIT,
-                "release_lead": RELEASE_LEAD,
-                "claim_seconds": CLAIM_SECONDS,
+                **SCALED_WIRING,
                 **(wiring or {}),
             },
             events_dir=str(self.tmp / f"events-{uuid.uuid4().hex[:6]}"),
@@ -215,6 +208,24 @@ class Scenario:
             assert report["sent"] == export.rows == len(export.emails)
             missing = [e for e in export.emails if export.tag not in (contacts.get(e) or {}).get("tags", ())]
             assert missing == [], f"{len(missing)} contacts of {export.name} missing or untagged"
+
+
+def upload_export(blobs: BlobServiceClient, tmp: Path, container_name: str, rows: int, *, seed: int,
+                  **kw: Any) -> set[str]:
+    """Write a clean CDM export (sample_data.write_export; ``run=``, ``drop_fraction=``...) under ``tmp`` and upload
+    it into an existing container; returns its valid emails."""
+    local = tmp / uuid.uuid4().hex
+    sample_data.write_export(local, rows, seed=seed, messy=False, **kw)
+    container = blobs.get_container_client(container_name)
+    base = local / sample_data.CONTAINER
+    emails: set[str] = set()
+    for path in base.rglob("*"):
+        if path.is_file():
+            container.upload_blob(path.relative_to(base).as_posix(), path.read_bytes(), overwrite=True)
+            if path.suffix == ".csv":
+                with path.open(encoding="utf-8", newline="") as f:
+                    emails |= {row[3].strip().lower() for row in csv.reader(f)}
+    return emails
 
 
 def assert_identity(report: dict) -> None:

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import bisect
 import collections
-import csv
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -33,16 +31,12 @@ from tests.azure.concurrent_host import ConcurrentHost, HostConfig
 from tests.azure.scenario_support import (
     BUDGET_PER_MINUTE,
     BUDGET_PER_WINDOW,
-    CLAIM_SECONDS,
-    LATE_TOLERANCE,
-    RELEASE_LEAD,
-    SEND_BACKOFF,
+    SCALED_WIRING,
     SEND_THREADS,
-    SLOT_WAIT,
     SLOW_POLL,
     TIMING,
-    VERIFY_DELAY,
     WINDOW_SECONDS,
+    upload_export,
 )
 
 pytestmark = pytest.mark.azurite
@@ -68,22 +62,6 @@ def brands_sim():
     )
     with Simulator(config) as sim:
         yield sim
-
-
-def upload_segment(blobs: BlobServiceClient, tmp: Path, container_name: str, rows: int, seed: int) -> set[str]:
-    local = tmp / uuid.uuid4().hex
-    sample_data.write_export(local, rows, seed=seed, messy=False)
-    container = blobs.get_container_client(container_name)
-    container.create_container()
-    base = local / sample_data.CONTAINER
-    emails: set[str] = set()
-    for path in base.rglob("*"):
-        if path.is_file():
-            container.upload_blob(path.relative_to(base).as_posix(), path.read_bytes(), overwrite=True)
-            if path.suffix == ".csv":
-                with path.open(encoding="utf-8", newline="") as f:
-                    emails |= {row[3].strip().lower() for row in csv.reader(f)}
-    return emails
 
 
 def busiest_window(times: list[float]) -> int:
@@ -119,7 +97,8 @@ def test_two_connections_export_to_two_brands_at_once_each_within_its_own_budget
     }
     for connection, key, seed in (("eu-store", EU_KEY, 7), ("us-store", US_KEY, 11)):
         name, source = f"{connection}-{suffix}", f"ci{uuid.uuid4().hex[:12]}"
-        emails = upload_segment(blobs, tmp_path, source, ROWS, seed)
+        blobs.get_container_client(source).create_container()
+        emails = upload_export(blobs, tmp_path, source, ROWS, seed=seed)
         exports[name] = (key, f"ci-{name}", emails)
         definitions["exports"].append(
             {
@@ -149,12 +128,7 @@ def test_two_connections_export_to_two_brands_at_once_each_within_its_own_budget
             "requests_per_minute": BUDGET_PER_MINUTE,
             "queue_prefix": prefix,
             "budget_container": container,
-            "verify_delay": VERIFY_DELAY,
-            "late_tolerance": LATE_TOLERANCE,
-            "send_backoff": SEND_BACKOFF,
-            "slot_wait": SLOT_WAIT,
-            "release_lead": RELEASE_LEAD,
-            "claim_seconds": CLAIM_SECONDS,
+            **SCALED_WIRING,
         },
         threads=2,
         function_threads={"send_stage": SEND_THREADS},
