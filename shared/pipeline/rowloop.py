@@ -201,9 +201,9 @@ def plan_rows(
         short_payload, row_payload, _ = compile_row_payload(mapper, api_version)
     else:  # the reference: a Contact, then its payload
 
-        def row_payload(fields: list[str]) -> tuple[str, dict, tuple[str, ...]]:
+        def row_payload(fields: list[str]) -> tuple[str, bytes, tuple[str, ...]]:
             contact = mapper.map("", 0, fields)
-            return contact.email, build_contact_payload(contact, export, api_version), contact.dropped
+            return contact.email, encode_payload(build_contact_payload(contact, export, api_version)), contact.dropped
 
         short_payload = row_payload
 
@@ -232,7 +232,7 @@ def plan_rows(
         record is one line of at most MAX_STRING_LENGTH bytes, so none of its fields can be too long (the length
         checks are skipped)."""
         try:
-            email, payload, dropped = (short_payload if short else row_payload)(fields)
+            email, body, dropped = (short_payload if short else row_payload)(fields)
         except RejectRow as exc:
             tally[1] += 1
             email = fields[email_index] if email_index < len(fields) else ""
@@ -269,7 +269,6 @@ def plan_rows(
             combo = combo_of(dropped)
             if not combo:
                 raw = 0  # the 256th combination: such a row is always mapped, to keep droppedFields exact
-        body = encode_payload(payload)
         if m >= 0:
             fp = xxh3(body, fp_seed)
             keep_fp[m], keep_raw[m], keep_drop[m] = fp, raw, combo
@@ -287,7 +286,7 @@ def plan_rows(
         tally[4] += 1
         add(body, (part, line, email, fp))
         if on_sample is not None and tally[4] <= DRY_RUN_SAMPLES:
-            on_sample(payload)
+            on_sample(json.loads(body))
 
     if fast:
         hits = _fast_rows(

@@ -84,10 +84,10 @@ def _reference(export: ExportDefinition, api_version: str, fields: list[str]):
 def _compiled(function, fields: list[str]):
     short = _all_short([",".join(fields).encode()])  # what the row loop knows of a one-line record
     try:
-        email, payload, dropped = (function.short if short else function.checked)(fields)
+        email, body, dropped = (function.short if short else function.checked)(fields)
     except RejectRow as exc:
         return ("rejected", exc.reason)
-    return email, orjson.dumps(payload), tuple(dropped or ())
+    return email, body, tuple(dropped or ())
 
 
 def _rows(count: int, seed: int) -> list[list[str]]:
