@@ -207,10 +207,13 @@ def _function(fname: str, mapper: ContactMapper, api_version: str, short: bool) 
     elif api_version == API_V3 or export.new_contact_status != "nonSubscribed":
         code.append(new_status)
     # The identifiers: the email (with its channels), then the phone; v3 gives the phone its SMS channel.
-    code.append("    ids = [EmailId('email', email, WELCOME, ch)]")
+    # A tuple encodes as the same JSON array as the reference's list, and costs less to build.
+    email_id = "EmailId('email', email, WELCOME, ch)"
     if mapper.phone_index is not None:
         sms = ", SMS" if api_version == API_V3 else ""
-        code += ["    if phone:", f"        ids.append(PhoneId('phone', phone, WELCOME{sms}))"]
+        code.append(f"    ids = ({email_id}, PhoneId('phone', phone, WELCOME{sms})) if phone else ({email_id},)")
+    else:
+        code.append(f"    ids = ({email_id},)")
     values = ["ids"]
     values += [f"t{k}" for k in range(len(mapper.text_fields))]
     values += [f"s{k}" for k in range(len(mapper.special_fields))]
@@ -230,9 +233,11 @@ def _sends_tags(export: ExportDefinition) -> bool:
 def _structs(mapper: ContactMapper) -> dict[str, type]:
     """The payload's shape for ``mapper``'s export: msgspec Structs whose fields are the reference's keys in its
     order, each defaulting to "" (or None) and left out when it holds its default: what the reference's ``if v:
-    p[name] = v`` does, done by the encoder in C. Custom property names travel as renames (never as source)."""
+    p[name] = v`` does, done by the encoder in C. Custom property names travel as renames (never as source).
+    ``gc=False``: a payload never takes part in a reference cycle, so the collector need not track a million of them
+    (~3 % fewer instructions per row)."""
     identifier = [("type", str), ("id", str), ("sendWelcomeMessage", bool), ("channels", object, None)]
-    fields: list = [("identifiers", list)]
+    fields: list = [("identifiers", tuple)]
     fields += [(name, str, "") for name, _ in mapper.text_fields]
     fields += [(name, str, "") for name, _, _, _ in mapper.special_fields]
     if _sends_tags(mapper.export):
@@ -241,8 +246,8 @@ def _structs(mapper: ContactMapper) -> dict[str, type]:
     if names:
         fields.append(("customProperties", object, None))
     return {
-        "EmailId": msgspec.defstruct("EmailId", identifier, omit_defaults=True),
-        "PhoneId": msgspec.defstruct("PhoneId", identifier, omit_defaults=True),
-        "Props": msgspec.defstruct("Props", [(n, str, "") for n in names], omit_defaults=True, rename=names),
-        "Payload": msgspec.defstruct("Payload", fields, omit_defaults=True),
+        "EmailId": msgspec.defstruct("EmailId", identifier, omit_defaults=True, gc=False),
+        "PhoneId": msgspec.defstruct("PhoneId", identifier, omit_defaults=True, gc=False),
+        "Props": msgspec.defstruct("Props", [(n, str, "") for n in names], omit_defaults=True, rename=names, gc=False),
+        "Payload": msgspec.defstruct("Payload", fields, omit_defaults=True, gc=False),
     }
