@@ -8,6 +8,9 @@
                                   #   budget used while sending ≥ 0.95, 429 share ≤ 0.5 %
     python -m bench incremental   # 1M exported, then 1% changed: requests ≤ 2% of the full export's,
                                   #   planning (CPU s) and peak RSS with the diff, state bytes per contact
+    python -m bench instructions  # the plan benchmark's steps on 100k rows under valgrind (callgrind): instructions
+                                  #   instead of CPU seconds, the same on a busy VM as on a quiet one (needs valgrind;
+                                  #   not run by "all")
     python -m bench all
 
 Each measured step runs in its own process (bench/child.py) so that its peak RSS is its own; the simulator runs
@@ -176,6 +179,61 @@ def bench_plan(rows: int, reps: int) -> dict:
     }
 
 
+def _instructions(step: str, root: Path, *extra: str) -> int:
+    """Instructions a child step executes, counted by callgrind: repeatable whatever else runs on the machine."""
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
+         sys.executable, "-m", "bench.child", step, str(root), *extra],
+        cwd=REPO, capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"bench step {step} under valgrind failed:\n{done.stderr[-3000:]}")
+    collected = [line for line in done.stderr.splitlines() if "Collected :" in line]
+    return int(collected[-1].rsplit(":", 1)[1].strip())
+
+
+def bench_instructions(rows: int) -> dict:
+    """The plan benchmark's sequence once, each step counted in instructions; a step's count less that of a child
+    that only starts and imports ("idle"), over the csv read's count less the same."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("python -m bench instructions needs valgrind (Debian: apt-get install valgrind)")
+    root = _segment("instructions", rows, partitions=4)
+    day2 = _segment("instructions-day2", rows, partitions=4, run="2026/11/29/0205", changed_fraction=0.01)
+    day2_run = next(p for p in (day2 / sample_data.CONTAINER).rglob("0205") if "2026/11/29" in p.as_posix())
+    target = Path(str(day2_run).replace(str(day2), str(root), 1))
+    for container in (names.RUNS_CONTAINER, names.STATE_CONTAINER):
+        shutil.rmtree(root / container, ignore_errors=True)
+    shutil.rmtree(target, ignore_errors=True)
+    counts = {"idle": _instructions("idle", root), "csv": _instructions("csv", root)}
+    print(json.dumps({"instructions": counts}), file=sys.stderr, flush=True)
+    counts["full"] = _instructions("plan", root)
+    counts["dry"] = _instructions("dryrun", root)
+    # The state as if the full plan's contacts were delivered (not counted), then day 2 and its re-plan.
+    shutil.rmtree(root / names.RUNS_CONTAINER)
+    planned = _child("plan", root)
+    _child("commit", root, planned["runId"])
+    shutil.copytree(day2_run, target)
+    shutil.rmtree(root / names.RUNS_CONTAINER)
+    counts["csv2"] = _instructions("csv", root)
+    counts["replan"] = _instructions("plan", root)
+    print(json.dumps({"instructions": counts}), file=sys.stderr, flush=True)
+    idle = counts["idle"]
+
+    def ratio(step: str, floor: str) -> float:
+        return round((counts[step] - idle) / (counts[floor] - idle), 2)
+
+    return {
+        "rows": rows,
+        "instructions": counts,
+        # What the code costs against the floor, not the targets' measure (CPU seconds): a row of planning waits on
+        # memory more than the csv read does, so its CPU ratio is higher than its instruction ratio.
+        "fullPlan": {"ratioToCsvRead": ratio("full", "csv")},
+        "dryRun": {"ratioToCsvRead": ratio("dry", "csv")},
+        "incrementalReplan1pct": {"ratioToCsvRead": ratio("replan", "csv2")},
+        "instructionsPerRow": {k: round((v - idle) / rows) for k, v in counts.items() if k != "idle"},
+    }
+
+
 def bench_e2e(rows: int, rpm: int) -> dict:
     root = _segment("e2e", rows, messy=False)
     shutil.rmtree(root / "exporter-runs", ignore_errors=True)
@@ -235,7 +293,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("which", choices=["plan", "e2e", "incremental", "all"], nargs="?", default="all")
+    parser.add_argument(
+        "which", choices=["plan", "e2e", "incremental", "instructions", "all"], nargs="?", default="all"
+    )
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows for plan and incremental (1M)")
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the plan benchmark (median reported)")
     parser.add_argument("--e2e-rows", type=int, default=100_000, help="contacts for the end-to-end run (100k)")
@@ -243,6 +303,9 @@ def main() -> None:
         "--rpm", type=int, default=3_000, help="raised rate limit for the end-to-end run (simulator and client alike)"
     )
     parser.add_argument("--incremental-rpm", type=int, default=60_000, help="budget for the 1M incremental runs")
+    parser.add_argument(
+        "--instructions-rows", type=int, default=100_000, help="rows for the instructions benchmark (100k: ~6 min)"
+    )
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": _machine(), "date": time.strftime("%Y-%m-%d")}
@@ -252,6 +315,8 @@ def main() -> None:
     if args.which in ("e2e", "all"):
         results["e2e"] = bench_e2e(args.e2e_rows, args.rpm)
         print(json.dumps({"e2e": results["e2e"]}), flush=True)
+    if args.which == "instructions":
+        results["instructions"] = bench_instructions(args.instructions_rows)
     if args.which in ("incremental", "all"):
         results["incremental"] = bench_incremental(args.rows, args.incremental_rpm)
         print(json.dumps({"incremental": results["incremental"]}), flush=True)
