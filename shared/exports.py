@@ -150,6 +150,11 @@ class ExportDefinition:
         raise ConfigError(f'export "{self.name}" names connection "{self.connection}" but was not loaded with it')
 
     @property
+    def tags_in_payload(self) -> bool:
+        """The export's tags go in every contact's upsert payload (rather than through the tags endpoint)."""
+        return bool(self.tags) and self.tags_via == "upsert"
+
+    @property
     def transfer_acknowledged(self) -> bool:
         """Whether sending this export's personal data to Omnisend was acknowledged: once for its connection, or on
         the export itself (files written before connections existed)."""

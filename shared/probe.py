@@ -88,7 +88,7 @@ def relied_on(export: ExportDefinition, api_version: str) -> list[Assumption]:
         used += [NO_CHANNELS_KEEPS_STATUS, NEW_WITHOUT_CHANNELS]
     if api_version == API_V3 or sends_status:
         used.append(OLDER_DATE_IGNORED)
-    if export.tags and export.tags_via == "upsert":
+    if export.tags_in_payload:
         used.append(UPSERT_TAGS_MERGE)
     if api_version == API_2026 and export.tags and export.on_exit == "untag":
         used.append(UNTAG_ONLY_GIVEN)

@@ -42,7 +42,7 @@ from shared.contacts import (
 from shared.errors import RejectRow
 from shared.exports import ExportDefinition, normalise_consent_value
 from shared.omnisend.limits import API_2026, API_V3
-from shared.omnisend.payloads import OLD_STATUS_DATE
+from shared.omnisend.payloads import OLD_STATUS_DATE, V3_PHONE_SMS_CHANNEL
 
 # fields -> (email, payload JSON, dropped names or None), or RejectRow. Two per export: see RowPayloads.
 RowPayload = Callable[[list[str]], tuple[str, bytes, "list[str] | None"]]
@@ -92,7 +92,7 @@ def compile_row_payload(mapper: ContactMapper, api_version: str) -> RowPayloads:
         "cleaned": _cleaned,
         "CONSENT_VALUES": mapper.consent_values,
         "WIDTH_REASON": f"row has {{}} values; expected {len(mapper.columns)}",
-        "SMS": {"sms": {"status": "nonSubscribed", "statusDate": OLD_STATUS_DATE}},
+        "SMS": {"sms": V3_PHONE_SMS_CHANNEL},  # one dict for every payload: encoded, never changed
         "encode": msgspec.json.encode,
         **_structs(mapper),
     }
@@ -218,17 +218,13 @@ def _function(fname: str, mapper: ContactMapper, api_version: str, short: bool) 
     values = ["ids"]
     values += [f"t{k}" for k in range(len(mapper.text_fields))]
     values += [f"s{k}" for k in range(len(mapper.special_fields))]
-    if _sends_tags(export):
+    if export.tags_in_payload:
         values.append("TAGS")
     if mapper.custom_fields:
         props = [f"u{k}" for k in range(len(mapper.custom_fields))]
         values.append(f"(Props({', '.join(props)}) if {' or '.join(props)} else None)")
     code.append(f"    return email, encode(Payload({', '.join(values)})), d")
     return "\n".join(code)
-
-
-def _sends_tags(export: ExportDefinition) -> bool:
-    return bool(export.tags) and export.tags_via == "upsert"
 
 
 def _structs(mapper: ContactMapper) -> dict[str, type]:
@@ -241,7 +237,7 @@ def _structs(mapper: ContactMapper) -> dict[str, type]:
     fields: list = [("identifiers", tuple)]
     fields += [(name, str, "") for name, _ in mapper.text_fields]
     fields += [(name, str, "") for name, _, _, _ in mapper.special_fields]
-    if _sends_tags(mapper.export):
+    if mapper.export.tags_in_payload:
         fields.append(("tags", object, None))
     names = {f"p{k}": name for k, (name, _) in enumerate(mapper.custom_fields)}
     if names:

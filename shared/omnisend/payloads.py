@@ -30,6 +30,8 @@ from shared.omnisend.limits import API_2026, API_V3
 # A status date older than any real one: Omnisend keeps the newer of two status dates, so a status sent with this
 # date applies to new contacts only and never overrides what an existing contact already has.
 OLD_STATUS_DATE = "1970-01-01T00:00:00Z"
+# v3: a phone identifier's SMS channel (email consent is not SMS consent).
+V3_PHONE_SMS_CHANNEL = {"status": "nonSubscribed", "statusDate": OLD_STATUS_DATE}
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), check_circular=False).encode
 
@@ -57,14 +59,14 @@ def build_contact_payload(contact: Contact, export: ExportDefinition, api_versio
             channel = {"status": export.new_contact_status, "statusDate": OLD_STATUS_DATE}
         email_id["channels"] = {"email": channel}
         if phone_id is not None:
-            phone_id["channels"] = {"sms": {"status": "nonSubscribed", "statusDate": OLD_STATUS_DATE}}
+            phone_id["channels"] = {"sms": dict(V3_PHONE_SMS_CHANNEL)}
     else:
         raise ValueError(f"unknown Omnisend API version {api_version!r}")
 
     payload: dict = {"identifiers": [email_id, phone_id] if phone_id is not None else [email_id]}
     if contact.fields:
         payload.update(contact.fields)
-    if export.tags and export.tags_via == "upsert":
+    if export.tags_in_payload:
         payload["tags"] = list(export.tags)
     if contact.custom_properties:
         payload["customProperties"] = dict(contact.custom_properties)
