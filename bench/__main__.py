@@ -64,9 +64,10 @@ def _segment(name: str, rows: int, **kw) -> Path:
     return root
 
 
-def _child(step: str, root: Path, base_url: str = "http://127.0.0.1:9", rpm: int = 400) -> dict:
+def _run_child(step: str, root: Path, *args: str, under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Runs ``python -m bench.child STEP ROOT ARGS`` (``under`` a wrapper such as valgrind); exits on failure."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.child", step, str(root), base_url, str(rpm)],
+        [*under, sys.executable, "-m", "bench.child", step, str(root), *args],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -74,7 +75,11 @@ def _child(step: str, root: Path, base_url: str = "http://127.0.0.1:9", rpm: int
     )
     if done.returncode != 0:
         raise SystemExit(f"bench step {step} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return done
+
+
+def _child(step: str, root: Path, base_url: str = "http://127.0.0.1:9", rpm: int = 400) -> dict:
+    return json.loads(_run_child(step, root, base_url, str(rpm)).stdout.strip().splitlines()[-1])
 
 
 class SimProcess:
@@ -123,18 +128,28 @@ def _median(values: list[float]) -> float:
     return ordered[len(ordered) // 2]
 
 
+def _plan_days(name: str, rows: int) -> tuple[Path, Path, Path]:
+    """Day 1's export (generated once), day 2's run folder (1 % of rows changed) and where it goes beside day 1."""
+    root = _segment(name, rows, partitions=4)
+    day2 = _segment(f"{name}-day2", rows, partitions=4, run="2026/11/29/0205", changed_fraction=0.01)
+    day2_run = next(p for p in (day2 / sample_data.CONTAINER).rglob("0205") if "2026/11/29" in p.as_posix())
+    return root, day2_run, Path(str(day2_run).replace(str(day2), str(root), 1))
+
+
+def _fresh_day1(root: Path, day2_target: Path) -> None:
+    """No runs, no state, no day 2: the export as on its first day."""
+    for container in (names.RUNS_CONTAINER, names.STATE_CONTAINER):
+        shutil.rmtree(root / container, ignore_errors=True)
+    shutil.rmtree(day2_target, ignore_errors=True)
+
+
 def bench_plan(rows: int, reps: int) -> dict:
     """Each rep: the csv floor, a full plan and a dry run of day 1 (no state); the state as if all were delivered;
     then day 2 (1 % of rows changed) copied in, its csv floor, and its re-plan. Ratios use the floor of the same rep."""
-    root = _segment("plan", rows, partitions=4)
-    day2 = _segment("plan-day2", rows, partitions=4, run="2026/11/29/0205", changed_fraction=0.01)
-    day2_run = next(p for p in (day2 / sample_data.CONTAINER).rglob("0205") if "2026/11/29" in p.as_posix())
-    target = Path(str(day2_run).replace(str(day2), str(root), 1))
+    root, day2_run, target = _plan_days("plan", rows)
     steps: dict[str, list[dict]] = {k: [] for k in ("floor", "full", "dry", "floor2", "replan", "commit")}
     for rep in range(reps):
-        for container in (names.RUNS_CONTAINER, names.STATE_CONTAINER):
-            shutil.rmtree(root / container, ignore_errors=True)
-        shutil.rmtree(target, ignore_errors=True)
+        _fresh_day1(root, target)
         steps["floor"].append(_child("csv", root))
         steps["full"].append(_child("plan", root))
         steps["dry"].append(_child("dryrun", root))
@@ -179,17 +194,12 @@ def bench_plan(rows: int, reps: int) -> dict:
     }
 
 
-def _instructions(step: str, root: Path, *extra: str) -> int:
-    """Instructions a child step executes, counted by callgrind: repeatable whatever else runs on the machine."""
-    done = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-         sys.executable, "-m", "bench.child", step, str(root), *extra],
-        cwd=REPO, capture_output=True, text=True, check=False,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"bench step {step} under valgrind failed:\n{done.stderr[-3000:]}")
+def _instructions(step: str, root: Path) -> tuple[int, dict]:
+    """Instructions a child step executes, counted by callgrind (repeatable whatever else runs on the machine), and
+    what the step printed."""
+    done = _run_child(step, root, under=("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"))
     collected = [line for line in done.stderr.splitlines() if "Collected :" in line]
-    return int(collected[-1].rsplit(":", 1)[1].strip())
+    return int(collected[-1].rsplit(":", 1)[1].strip()), json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def bench_instructions(rows: int) -> dict:
@@ -197,25 +207,18 @@ def bench_instructions(rows: int) -> dict:
     that only starts and imports ("idle"), over the csv read's count less the same."""
     if shutil.which("valgrind") is None:
         raise SystemExit("python -m bench instructions needs valgrind (Debian: apt-get install valgrind)")
-    root = _segment("instructions", rows, partitions=4)
-    day2 = _segment("instructions-day2", rows, partitions=4, run="2026/11/29/0205", changed_fraction=0.01)
-    day2_run = next(p for p in (day2 / sample_data.CONTAINER).rglob("0205") if "2026/11/29" in p.as_posix())
-    target = Path(str(day2_run).replace(str(day2), str(root), 1))
-    for container in (names.RUNS_CONTAINER, names.STATE_CONTAINER):
-        shutil.rmtree(root / container, ignore_errors=True)
-    shutil.rmtree(target, ignore_errors=True)
-    counts = {"idle": _instructions("idle", root), "csv": _instructions("csv", root)}
+    root, day2_run, target = _plan_days("instructions", rows)
+    _fresh_day1(root, target)
+    counts = {"idle": _instructions("idle", root)[0], "csv": _instructions("csv", root)[0]}
     print(json.dumps({"instructions": counts}), file=sys.stderr, flush=True)
-    counts["full"] = _instructions("plan", root)
-    counts["dry"] = _instructions("dryrun", root)
+    counts["full"], full = _instructions("plan", root)
+    counts["dry"], _ = _instructions("dryrun", root)
     # The state as if the full plan's contacts were delivered (not counted), then day 2 and its re-plan.
-    shutil.rmtree(root / names.RUNS_CONTAINER)
-    planned = _child("plan", root)
-    _child("commit", root, planned["runId"])
+    _child("commit", root, full["runId"])
     shutil.copytree(day2_run, target)
     shutil.rmtree(root / names.RUNS_CONTAINER)
-    counts["csv2"] = _instructions("csv", root)
-    counts["replan"] = _instructions("plan", root)
+    counts["csv2"], _ = _instructions("csv", root)
+    counts["replan"], _ = _instructions("plan", root)
     print(json.dumps({"instructions": counts}), file=sys.stderr, flush=True)
     idle = counts["idle"]
 
